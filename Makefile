@@ -1,0 +1,51 @@
+# optimodel developer entry points. Every target installs what it needs by itself.
+#
+#   make demo              the main job locally: build MiniLM, serve it with Triton, send traffic
+#   make test              the whole test suite (installs Python deps and control-plane binaries)
+#   make dev-cluster       a local control plane with kwok GPU node pools; kubeconfig path printed
+#   make dev-cluster-down  stop it and remove its state
+#   make crd               regenerate crds/ and the chart's CRD from the API models
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+# The folder operator/ must never shadow the standard library's `operator` module.
+export PYTHONSAFEPATH := 1
+OPTIMODEL_CACHE ?= $(HOME)/.cache/optimodel
+export OPTIMODEL_CACHE
+DEV_CLUSTER_STATE ?= $(OPTIMODEL_CACHE)/dev-cluster
+PYTEST_ARGS ?=
+
+.PHONY: help demo test test-unit binaries python-env dev-cluster dev-cluster-down crd lint bench
+
+help:
+	@sed -n '2,9p' Makefile
+
+python-env:
+	@hack/python-env.sh
+
+binaries:
+	@hack/install-binaries.sh >/dev/null
+
+demo:
+	@venv=$$(hack/python-env.sh); cd / && "$$venv/bin/optimodel" demo
+
+test:
+	@venv=$$(hack/python-env.sh); \
+	hack/install-binaries.sh >/dev/null; \
+	hack/install-prometheus.sh >/dev/null; \
+	cd "$(CURDIR)" && "$$venv/bin/pytest" $(PYTEST_ARGS)
+
+test-unit:
+	@venv=$$(hack/python-env.sh); "$$venv/bin/pytest" -m "not cluster and not triton and not slow" $(PYTEST_ARGS)
+
+dev-cluster: binaries
+	@python3 hack/localcluster.py up --state "$(DEV_CLUSTER_STATE)"
+	@echo "export KUBECONFIG=$(DEV_CLUSTER_STATE)/kubeconfig"
+	@echo "kubectl: $$(hack/install-binaries.sh 2>/dev/null)/kubectl"
+
+dev-cluster-down:
+	@python3 hack/localcluster.py down --state "$(DEV_CLUSTER_STATE)"
+
+crd:
+	@venv=$$(hack/python-env.sh); cd / && "$$venv/bin/optimodel" crd > "$(CURDIR)/crds/optimizedmodel.yaml"
+	@cp crds/optimizedmodel.yaml charts/optimodel/templates/crd.yaml.src 2>/dev/null || true

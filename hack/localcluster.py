@@ -1,0 +1,380 @@
+#!/usr/bin/env python3
+"""A real Kubernetes control plane on 127.0.0.1, with kwok fake nodes, from cached binaries.
+
+Why not kind/minikube/envtest: no container engine and no download site here. The binaries
+come from ``hack/install-binaries.sh`` (built from Go modules, cached by version). This module
+starts etcd, kube-apiserver (token auth, RBAC, Pod Security admission on), kube-controller-manager
+(garbage collector, Job and Deployment controllers, ...), kube-scheduler and kwok, then registers
+fake node pools: two GPU pools with distinct ``nvidia.com/gpu.product`` labels and a GPU taint,
+and a CPU pool. kwok drives Deployment pods to Running/Ready and Job pods to Succeeded, except
+pods labelled ``app.kubernetes.io/component=builder``: there is no real kubelet to run the
+builder, so a test (or a person) plays the kubelet for those by writing their status.
+
+Used by ``make dev-cluster`` / ``make dev-cluster-down`` and by the pytest session fixture.
+Standard library only, so it runs before any virtual environment exists.
+
+    python3 hack/localcluster.py up   [--state DIR]   # prints the kubeconfig path
+    python3 hack/localcluster.py down [--state DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+KUBE_VERSION = os.environ.get("KUBE_VERSION", "v1.34.4")
+CACHE = Path(os.environ.get("OPTIMODEL_CACHE", Path.home() / ".cache" / "optimodel"))
+DEFAULT_STATE = CACHE / "dev-cluster"
+BUILDER_POD_SELECTOR = "app.kubernetes.io/component=builder"
+
+GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+NODE_POOLS = [
+    # (pool, count, gpu product or None, gpus per node, compute capability)
+    ("h100", 2, "NVIDIA-H100-80GB-HBM3", 8, "9.0"),
+    ("l4", 2, "NVIDIA-L4", 4, "8.9"),
+    ("cpu", 2, None, 0, None),
+]
+
+
+def log(msg: str) -> None:
+    print(f"[localcluster {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def binary_dir() -> Path:
+    return CACHE / "bin" / f"kube-{KUBE_VERSION}"
+
+
+def ensure_binaries() -> Path:
+    """Build missing binaries (no-op when cached). Fails loudly naming what is missing."""
+    needed = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl"]
+    bdir = binary_dir()
+    if all((bdir / n).exists() for n in needed):
+        return bdir
+    log("control-plane binaries missing; running hack/install-binaries.sh")
+    subprocess.run([str(HERE / "install-binaries.sh")], check=True)
+    missing = [n for n in needed if not (bdir / n).exists()]
+    if missing:
+        raise RuntimeError(f"binaries still missing after install: {', '.join(missing)} in {bdir}")
+    return bdir
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ClusterState:
+    state_dir: str
+    kubeconfig: str
+    server: str
+    token: str
+    pids: dict[str, int] = field(default_factory=dict)
+    ready_seconds: float = 0.0
+
+    def save(self) -> None:
+        Path(self.state_dir, "cluster.json").write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, state_dir: Path) -> "ClusterState | None":
+        path = state_dir / "cluster.json"
+        return cls(**json.loads(path.read_text())) if path.exists() else None
+
+
+class ApiClient:
+    """Just enough HTTPS to wait for readiness and create nodes (stdlib only)."""
+
+    def __init__(self, server: str, token: str):
+        self.server, self.token = server, token
+        self.ctx = ssl.create_default_context()
+        self.ctx.check_hostname = False
+        self.ctx.verify_mode = ssl.CERT_NONE
+
+    def request(self, method: str, path: str, body: dict | None = None,
+                content_type: str = "application/json") -> tuple[int, dict | str]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.server + path, data=data, method=method)
+        req.add_header("Authorization", f"Bearer {self.token}")
+        if data is not None:
+            req.add_header("Content-Type", content_type)
+        try:
+            with urllib.request.urlopen(req, context=self.ctx, timeout=10) as resp:
+                text = resp.read().decode()
+                status = resp.status
+        except urllib.error.HTTPError as err:
+            text, status = err.read().decode(), err.code
+        try:
+            return status, json.loads(text)
+        except json.JSONDecodeError:
+            return status, text
+
+
+def _write_kubeconfig(path: Path, server: str, token: str) -> None:
+    # JSON is valid YAML; kubectl and the Python client both read it.
+    path.write_text(json.dumps({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "optimodel-local",
+                      "cluster": {"server": server, "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "admin", "user": {"token": token}}],
+        "contexts": [{"name": "optimodel-local",
+                      "context": {"cluster": "optimodel-local", "user": "admin"}}],
+        "current-context": "optimodel-local",
+    }, indent=2))
+
+
+def _node_manifest(pool: str, index: int, product: str | None, gpus: int, cc: str | None) -> dict:
+    labels = {
+        "type": "kwok",
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+        "kubernetes.io/hostname": f"kwok-{pool}-{index}",
+        "optimodel.dev/pool": pool,
+    }
+    allocatable = {"cpu": "32", "memory": "256Gi", "pods": "110", "ephemeral-storage": "1Ti"}
+    spec: dict = {}
+    if product:
+        labels.update({
+            "nvidia.com/gpu.product": product,
+            "nvidia.com/gpu.count": str(gpus),
+            "nvidia.com/gpu.present": "true",
+        })
+        if cc:
+            major, minor = cc.split(".")
+            labels.update({"nvidia.com/gpu.compute.major": major, "nvidia.com/gpu.compute.minor": minor})
+        allocatable["nvidia.com/gpu"] = str(gpus)
+        spec["taints"] = [GPU_TAINT]
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": f"kwok-{pool}-{index}",
+            "labels": labels,
+            "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+        },
+        "spec": spec,
+        "status": {"allocatable": allocatable, "capacity": dict(allocatable)},
+    }
+
+
+def _wait(what: str, check, timeout: float, procs: dict[str, subprocess.Popen], logs: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for name, proc in procs.items():
+            if proc.poll() is not None:
+                tail = (logs / f"{name}.log").read_text()[-3000:]
+                raise RuntimeError(f"{name} exited with {proc.returncode} while waiting for {what}:\n{tail}")
+        try:
+            if check():
+                return
+        except (OSError, urllib.error.URLError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}; logs in {logs}")
+
+
+def up(state_dir: Path, timeout: float = 120.0) -> ClusterState:
+    """Start the control plane and fake nodes; return when pods can be scheduled and run."""
+    t0 = time.monotonic()
+    bdir = ensure_binaries()
+    existing = ClusterState.load(state_dir)
+    if existing and healthy(existing):
+        log(f"reusing running cluster at {existing.server}")
+        return existing
+    if existing:
+        down(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    logs = state_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    pki = state_dir / "pki"
+    pki.mkdir(exist_ok=True)
+
+    token = os.urandom(16).hex()
+    (pki / "tokens.csv").write_text(f'{token},admin,admin-uid,"system:masters"\n')
+    sa_key = pki / "sa.key"
+    subprocess.run(["openssl", "genrsa", "-out", str(sa_key), "2048"], check=True,
+                   capture_output=True)
+    subprocess.run(["openssl", "rsa", "-in", str(sa_key), "-pubout", "-out", str(pki / "sa.pub")],
+                   check=True, capture_output=True)
+
+    etcd_port, etcd_peer, api_port, kwok_port = free_port(), free_port(), free_port(), free_port()
+    server = f"https://127.0.0.1:{api_port}"
+    kubeconfig = state_dir / "kubeconfig"
+    _write_kubeconfig(kubeconfig, server, token)
+    kwok_config = state_dir / "kwok.yaml"
+    kwok_config.write_text(
+        "apiVersion: config.kwok.x-k8s.io/v1alpha1\n"
+        "kind: KwokConfiguration\n"
+        "options:\n"
+        f"  disregardStatusWithLabelSelector: {BUILDER_POD_SELECTOR}\n"
+    )
+
+    commands = {
+        "etcd": [
+            str(bdir / "etcd"), "--name", "default", "--data-dir", str(state_dir / "etcd"),
+            "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
+            "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
+            "--listen-peer-urls", f"http://127.0.0.1:{etcd_peer}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{etcd_peer}",
+            "--initial-cluster", f"default=http://127.0.0.1:{etcd_peer}",
+            "--unsafe-no-fsync", "--log-level", "warn",
+        ],
+        "kube-apiserver": [
+            str(bdir / "kube-apiserver"),
+            "--etcd-servers", f"http://127.0.0.1:{etcd_port}",
+            "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
+            "--secure-port", str(api_port), "--cert-dir", str(pki),
+            "--token-auth-file", str(pki / "tokens.csv"),
+            "--authorization-mode", "RBAC",
+            "--service-account-issuer", "https://kubernetes.default.svc",
+            "--service-account-key-file", str(pki / "sa.pub"),
+            "--service-account-signing-key-file", str(sa_key),
+            "--service-cluster-ip-range", "10.96.0.0/16",
+            "--endpoint-reconciler-type", "none",
+            # Like real clusters: privileged pods are legal API objects, and Pod Security
+            # admission (enabled by default) is what refuses them per namespace.
+            "--allow-privileged=true",
+            "--profiling=false", "--v", "1",
+        ],
+    }
+    procs: dict[str, subprocess.Popen] = {}
+    state = ClusterState(str(state_dir), str(kubeconfig), server, token)
+
+    def start(name: str, cmd: list[str]) -> None:
+        out = open(logs / f"{name}.log", "ab")
+        procs[name] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        state.pids[name] = procs[name].pid
+        state.save()
+
+    try:
+        start("etcd", commands["etcd"])
+        start("kube-apiserver", commands["kube-apiserver"])
+        api = ApiClient(server, token)
+        _wait("kube-apiserver /readyz", lambda: api.request("GET", "/readyz")[0] == 200,
+              timeout, procs, logs)
+        log(f"kube-apiserver ready after {time.monotonic() - t0:.1f}s")
+        start("kube-controller-manager", [
+            str(bdir / "kube-controller-manager"), "--kubeconfig", str(kubeconfig),
+            "--leader-elect=false", "--secure-port", "0",
+            "--service-account-private-key-file", str(sa_key),
+            "--use-service-account-credentials=false",
+            "--controllers", "*,-nodeipam,-service-lb-controller,-route,-cloud-node-lifecycle",
+            "--concurrent-gc-syncs", "10", "--v", "1",
+        ])
+        start("kube-scheduler", [
+            str(bdir / "kube-scheduler"), "--kubeconfig", str(kubeconfig),
+            "--leader-elect=false", "--secure-port", "0", "--v", "1",
+        ])
+        start("kwok", [
+            str(bdir / "kwok"), "--kubeconfig", str(kubeconfig), "--config", str(kwok_config),
+            "--manage-all-nodes=false", "--manage-nodes-with-label-selector", "type=kwok",
+            "--server-address", f"127.0.0.1:{kwok_port}", "--cidr", "10.244.0.1/16",
+            "--node-lease-duration-seconds", "40",
+        ])
+        for pool, count, product, gpus, cc in NODE_POOLS:
+            for i in range(count):
+                status, body = api.request("POST", "/api/v1/nodes",
+                                           _node_manifest(pool, i, product, gpus, cc))
+                if status not in (201, 409):
+                    raise RuntimeError(f"creating node kwok-{pool}-{i}: HTTP {status}: {body}")
+
+        def nodes_ready() -> bool:
+            _, body = api.request("GET", "/api/v1/nodes?labelSelector=type%3Dkwok")
+            items = body.get("items", []) if isinstance(body, dict) else []
+            ready = [n for n in items for c in n.get("status", {}).get("conditions", [])
+                     if c["type"] == "Ready" and c["status"] == "True"]
+            return len(ready) == sum(p[1] for p in NODE_POOLS)
+
+        _wait("kwok nodes Ready", nodes_ready, timeout, procs, logs)
+        _wait("controller-manager (default ServiceAccount)",
+              lambda: api.request("GET", "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
+              timeout, procs, logs)
+    except BaseException:
+        down(state_dir, keep_logs=True)
+        raise
+    state.ready_seconds = round(time.monotonic() - t0, 2)
+    state.save()
+    log(f"control plane {KUBE_VERSION} ready in {state.ready_seconds:.1f}s "
+        f"({sum(p[1] for p in NODE_POOLS)} kwok nodes); kubeconfig: {kubeconfig}")
+    return state
+
+
+def healthy(state: ClusterState) -> bool:
+    try:
+        return ApiClient(state.server, state.token).request("GET", "/readyz")[0] == 200
+    except (OSError, urllib.error.URLError):
+        return False
+
+
+def down(state_dir: Path, keep_logs: bool = False) -> None:
+    """Stop every process the cluster started and remove its state."""
+    state = ClusterState.load(state_dir)
+    if state:
+        # Reverse start order: clients first, etcd last.
+        for name, pid in reversed(list(state.pids.items())):
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+        deadline = time.monotonic() + 15
+        for name, pid in state.pids.items():
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                try:  # reap if it is our child
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+                time.sleep(0.1)
+            else:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    if keep_logs:
+        for sub in ("etcd", "pki", "cluster.json"):
+            p = state_dir / sub
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("--state", type=Path, default=DEFAULT_STATE,
+                        help=f"state directory (default {DEFAULT_STATE})")
+    args = parser.parse_args(argv)
+    if args.action == "up":
+        state = up(args.state)
+        print(state.kubeconfig)
+    elif args.action == "down":
+        down(args.state)
+        log(f"stopped and removed {args.state}")
+    else:
+        state = ClusterState.load(args.state)
+        ok = bool(state and healthy(state))
+        print(json.dumps({"running": ok, **(asdict(state) if state else {})}, indent=2))
+        return 0 if ok else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""The builder's report: the contract between ``optimodel build`` and the operator.
+
+``report.json`` next to the Triton model repository holds the whole ``BuildReport``; the
+container's termination message holds a ``BuildSummary`` (<= 4 KiB) that the operator reads from
+the Job's pod without touching artifact storage.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from pydantic import Field
+
+from optimodel.api.base import ApiModel
+
+TERMINATION_MESSAGE_LIMIT = 4096
+
+FailureReason = Literal[
+    "InvalidSpec",
+    "ModelNotFound",
+    "ModelLoadFailed",
+    "UnsupportedModel",
+    "ExportFailed",
+    "CalibrationFailed",
+    "CompileFailed",
+    "AccuracyGateFailed",
+    "OutOfMemory",
+    "OutputWriteFailed",
+    "InternalError",
+]
+
+EXIT_CODES: dict[str, int] = {
+    "InvalidSpec": 2,
+    "ModelNotFound": 10,
+    "ModelLoadFailed": 11,
+    "UnsupportedModel": 12,
+    "ExportFailed": 13,
+    "CalibrationFailed": 14,
+    "CompileFailed": 15,
+    "AccuracyGateFailed": 16,
+    "OutOfMemory": 17,
+    "OutputWriteFailed": 18,
+    "InternalError": 1,
+}
+"""Documented process exit codes of ``optimodel build``, one per failure reason (0 = success)."""
+
+
+class LatencyStats(ApiModel):
+    """Latency and throughput at one batch size."""
+
+    batch_size: int
+    p50_ms: float
+    p99_ms: float
+    throughput: float = Field(description="Samples (sequences, images) per second.")
+    repeats: int = Field(description="Timed windows it took for three to agree within 10%.")
+
+
+class PerformanceProfile(ApiModel):
+    """Speed of one runnable (baseline or candidate) over the batch sweep."""
+
+    runtime: str = Field(description="e.g. pytorch-eager-fp32, onnxruntime-cpu, tensorrt-10.8")
+    device: str
+    sweep: list[LatencyStats]
+    headline: LatencyStats = Field(description="The batch size the summary speedup is quoted at.")
+
+
+class AccuracyResult(ApiModel):
+    """One candidate's agreement with the FP32 reference on held-out samples."""
+
+    metric: str
+    value: float
+    threshold: float
+    passed: bool
+    samples: int
+    per_output: dict[str, float] = Field(default_factory=dict)
+
+
+class Candidate(ApiModel):
+    """One compressed/compiled variant the builder tried."""
+
+    name: str = Field(description="e.g. onnxruntime-int8-dynamic, tensorrt-fp16")
+    precision: str
+    target: str
+    status: Literal["OK", "FAIL", "SKIPPED"]
+    reason: str | None = None
+    accuracy: AccuracyResult | None = None
+    performance: PerformanceProfile | None = None
+    size_bytes: int | None = None
+    speedup: float | None = Field(default=None, description="Headline throughput / baseline's.")
+
+
+class EngineInfo(ApiModel):
+    """The selected engine, and what it can only run on."""
+
+    key: str
+    uri: str
+    model_name: str
+    precision: str
+    target: str
+    platform: str = Field(description="Triton backend/platform of the served model.")
+    gpu_product: str | None = None
+    compute_capability: str | None = None
+    runtime_version: str
+    size_bytes: int
+
+
+class StepTiming(ApiModel):
+    step: str
+    status: Literal["OK", "FAIL", "SKIPPED"]
+    seconds: float
+    detail: str | None = None
+
+
+class BuildReport(ApiModel):
+    """Everything a build did and measured; written as ``report.json``."""
+
+    api_version: Literal["optimodel.dev/v1alpha1"] = "optimodel.dev/v1alpha1"
+    kind: Literal["BuildReport"] = "BuildReport"
+    builder_version: str
+    build_key: str
+    succeeded: bool
+    reason: str | None = None
+    message: str | None = None
+    engine: EngineInfo | None = None
+    baseline: PerformanceProfile | None = None
+    candidates: list[Candidate] = Field(default_factory=list)
+    selected: str | None = None
+    speedup: float | None = None
+    accuracy: AccuracyResult | None = None
+    calibration_source: Literal["uri", "synthetic", "none"] = "none"
+    versions: dict[str, str] = Field(default_factory=dict)
+    steps: list[StepTiming] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+
+
+class BuildSummary(ApiModel):
+    """The termination-message digest of a ``BuildReport`` (must fit in 4 KiB)."""
+
+    succeeded: bool
+    build_key: str
+    reason: str | None = None
+    message: str | None = None
+    engine: EngineInfo | None = None
+    speedup: float | None = None
+    accuracy_metric: str | None = None
+    accuracy_value: float | None = None
+    baseline_throughput: float | None = None
+    optimized_throughput: float | None = None
+    batch_size: int | None = None
+    report_uri: str | None = None
+
+    @classmethod
+    def from_report(cls, report: BuildReport, report_uri: str | None = None) -> "BuildSummary":
+        sel = next((c for c in report.candidates if c.name == report.selected), None)
+        perf = sel.performance if sel else None
+        return cls(
+            succeeded=report.succeeded,
+            build_key=report.build_key,
+            reason=report.reason,
+            message=report.message,
+            engine=report.engine,
+            speedup=report.speedup,
+            accuracy_metric=report.accuracy.metric if report.accuracy else None,
+            accuracy_value=report.accuracy.value if report.accuracy else None,
+            baseline_throughput=report.baseline.headline.throughput if report.baseline else None,
+            optimized_throughput=perf.headline.throughput if perf else None,
+            batch_size=perf.headline.batch_size if perf else None,
+            report_uri=report_uri,
+        )
+
+    def to_termination_message(self) -> str:
+        """JSON within the kubelet's 4 KiB limit; the message is cut first, never the JSON."""
+        data = self.to_wire()
+        text = json.dumps(data, separators=(",", ":"))
+        if len(text.encode()) > TERMINATION_MESSAGE_LIMIT and data.get("message"):
+            overflow = len(text.encode()) - TERMINATION_MESSAGE_LIMIT + 16
+            data["message"] = data["message"][: max(0, len(data["message"]) - overflow)] + "..."
+            text = json.dumps(data, separators=(",", ":"))
+        return text
