@@ -123,13 +123,14 @@ class ApiClient:
             return status, text
 
 
-def _write_kubeconfig(path: Path, server: str, token: str) -> None:
-    # JSON is valid YAML; kubectl and the Python client both read it.
+def _write_kubeconfig(path: Path, server: str, token: str, ca_file: Path) -> None:
+    # JSON is valid YAML; kubectl and the Python client both read it. The CA is the one the
+    # apiserver generated for its self-signed serving certificate (the bundle's last block).
     path.write_text(json.dumps({
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "optimodel-local",
-                      "cluster": {"server": server, "insecure-skip-tls-verify": True}}],
+                      "cluster": {"server": server, "certificate-authority": str(ca_file)}}],
         "users": [{"name": "admin", "user": {"token": token}}],
         "contexts": [{"name": "optimodel-local",
                       "context": {"cluster": "optimodel-local", "user": "admin"}}],
@@ -214,7 +215,6 @@ def up(state_dir: Path, timeout: float = 120.0) -> ClusterState:
     etcd_port, etcd_peer, api_port, kwok_port = free_port(), free_port(), free_port(), free_port()
     server = f"https://127.0.0.1:{api_port}"
     kubeconfig = state_dir / "kubeconfig"
-    _write_kubeconfig(kubeconfig, server, token)
     kwok_config = state_dir / "kwok.yaml"
     kwok_config.write_text(
         "apiVersion: config.kwok.x-k8s.io/v1alpha1\n"
@@ -268,6 +268,7 @@ def up(state_dir: Path, timeout: float = 120.0) -> ClusterState:
         _wait("kube-apiserver /readyz", lambda: api.request("GET", "/readyz")[0] == 200,
               timeout, procs, logs)
         log(f"kube-apiserver ready after {time.monotonic() - t0:.1f}s")
+        _write_kubeconfig(kubeconfig, server, token, pki / "apiserver.crt")
         start("kube-controller-manager", [
             str(bdir / "kube-controller-manager"), "--kubeconfig", str(kubeconfig),
             "--leader-elect=false", "--secure-port", "0",

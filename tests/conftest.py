@@ -13,6 +13,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -27,6 +28,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 def _load_localcluster():
     spec = importlib.util.spec_from_file_location("localcluster", REPO / "hack" / "localcluster.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules["localcluster"] = module  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 

@@ -1,0 +1,74 @@
+"""Pure status arithmetic: conditions with stable transition times, phase, and transitions.
+
+Kept apart from ``reconcile`` so the rules that users read in ``kubectl get/describe`` are
+tested directly: a condition's ``lastTransitionTime`` moves only when its status changes, and
+every change of a condition becomes exactly one Event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from optimodel.api.status import Condition, OptimizedModelStatus
+
+
+@dataclass(frozen=True)
+class Desired:
+    """One condition as reconcile judged it this round."""
+
+    type: str
+    status: bool
+    reason: str
+    message: str
+
+
+def merge_conditions(old: list[Condition], desired: list[Desired], now: str,
+                     generation: int | None) -> list[Condition]:
+    """New condition list; ``lastTransitionTime`` kept from ``old`` unless the status flipped."""
+    previous = {c.type: c for c in old}
+    out = []
+    for d in desired:
+        status = "True" if d.status else "False"
+        prior = previous.get(d.type)
+        since = prior.last_transition_time if prior and prior.status == status else now
+        out.append(Condition(type=d.type, status=status, reason=d.reason, message=d.message,
+                             last_transition_time=since, observed_generation=generation))
+    return out
+
+
+QUIET_REASONS = frozenset({"WaitingForEngine", "ReplicasNotReady"})
+"""False conditions that are just "not yet": announced only when they follow a True."""
+
+
+def transitions(old: OptimizedModelStatus, new: OptimizedModelStatus) -> list[tuple[str, str, str]]:
+    """(event type, reason, message) for each condition whose status or reason changed.
+
+    A condition turning False after having been True is a Warning (e.g. replicas lost); so is
+    any reason ending in ``Failed``. Waiting states on the way up are not announced.
+    """
+    previous = {c.type: (c.status, c.reason) for c in old.conditions}
+    events = []
+    for c in new.conditions:
+        before = previous.get(c.type)
+        if before == (c.status, c.reason):
+            continue
+        was_true = before is not None and before[0] == "True"
+        if c.status == "False" and c.reason in QUIET_REASONS and not was_true:
+            continue
+        warning = c.status == "False" and (c.reason.endswith("Failed") or was_true)
+        events.append(("Warning" if warning else "Normal", c.reason, c.message or f"{c.type}={c.status}"))
+    return events
+
+
+def status_patch(old: dict, new: dict) -> dict | None:
+    """Merge patch turning ``old`` status into ``new``; None when nothing changed.
+
+    Keys present before and absent now are sent as null (merge-patch deletion).
+    """
+    if old == new:
+        return None
+    patch = dict(new)
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    return patch

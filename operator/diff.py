@@ -1,0 +1,74 @@
+"""Classify an existing child object against its desired manifest: create, patch, or nothing.
+
+We compare only the fields we own: a desired manifest is "satisfied" when every field it sets has
+the same value in the live object. Fields the API server defaults (``imagePullPolicy``,
+``terminationMessagePath``, ...) or that others own (``spec.replicas`` under an autoscaler, status)
+are ignored, so reconciling an unchanged spec never writes, and we never fight an autoscaler.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+CREATE, PATCH, UNCHANGED = "create", "patch", "unchanged"
+
+
+def is_subset(desired: Any, actual: Any) -> bool:
+    """True when every field set in ``desired`` has the same value in ``actual``.
+
+    Dicts compare key by key; lists must have the same length and match element by element
+    (order matters for containers, ports and args); scalars compare equal.
+    """
+    if isinstance(desired, dict):
+        return isinstance(actual, dict) and all(
+            key in actual and is_subset(value, actual[key]) for key, value in desired.items()
+        )
+    if isinstance(desired, list):
+        return (isinstance(actual, list) and len(desired) == len(actual)
+                and all(is_subset(d, a) for d, a in zip(desired, actual)))
+    return desired == actual
+
+
+def first_difference(desired: Any, actual: Any, path: str = "") -> str | None:
+    """Path and values of the first owned field that differs (for logs and test messages)."""
+    if isinstance(desired, dict):
+        if not isinstance(actual, dict):
+            return f"{path or '.'}: want an object, have {actual!r}"
+        for key, value in desired.items():
+            if key not in actual:
+                return f"{path}.{key}: missing (want {value!r})"
+            found = first_difference(value, actual[key], f"{path}.{key}")
+            if found:
+                return found
+        return None
+    if isinstance(desired, list):
+        if not isinstance(actual, list) or len(desired) != len(actual):
+            return f"{path}: want {len(desired)} items, have {actual!r}"
+        for i, (d, a) in enumerate(zip(desired, actual)):
+            found = first_difference(d, a, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    return None if desired == actual else f"{path}: want {desired!r}, have {actual!r}"
+
+
+def without(manifest: dict[str, Any], paths: tuple[tuple[str, ...], ...]) -> dict[str, Any]:
+    """A copy of ``manifest`` with the fields at ``paths`` removed (fields we do not own)."""
+    out = copy.deepcopy(manifest)
+    for path in paths:
+        node = out
+        for key in path[:-1]:
+            node = node.get(key, {})
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    return out
+
+
+def classify(desired: dict[str, Any], existing: dict[str, Any] | None,
+             not_owned: tuple[tuple[str, ...], ...] = ()) -> str:
+    """CREATE when absent, UNCHANGED when our fields already match, else PATCH."""
+    if existing is None:
+        return CREATE
+    owned = without(desired, not_owned)
+    return UNCHANGED if is_subset(owned, existing) else PATCH

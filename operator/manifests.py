@@ -1,0 +1,447 @@
+"""Desired state as pure functions: typed spec + settings -> Kubernetes manifest dicts.
+
+Nothing here talks to the API server or reads the clock, so every builder is tested with exact
+equality and no cluster. Names are deterministic (the same build is never created twice), every
+child carries an owner reference (garbage collection) and the ``app.kubernetes.io/*`` labels,
+and every pod we create passes Pod Security ``restricted``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from optimodel.api.crd import GROUP, KIND, VERSION
+from optimodel.api.spec import BuildSpec, OptimizedModelSpec
+from optimodel.api.status import EngineStatus
+from optimodel.operator.settings import OperatorSettings
+from optimodel.serving.metrics import PENDING_REQUESTS_METRIC, keda_query
+
+MODEL_LABEL = "optimodel.dev/model"
+KEY_ANNOTATION = "optimodel.dev/build-key"
+HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
+MODELS_DIR = "/models"
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """The parts of an ``OptimizedModel`` object the builders need."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: OptimizedModelSpec
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> "ModelRef":
+        meta = body["metadata"]
+        return cls(meta["name"], meta["namespace"], meta["uid"],
+                   OptimizedModelSpec.model_validate(body.get("spec") or {}))
+
+
+# --- naming, labels, ownership ------------------------------------------------------------
+
+def job_name(model: ModelRef, key: str) -> str:
+    """``<name>-build-<key[:10]>``, trimmed so it stays a valid 63-character label value."""
+    return f"{model.name[:46]}-build-{key[:10]}"
+
+
+def labels(model: ModelRef, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "optimodel",
+        "app.kubernetes.io/instance": model.name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "optimodel",
+        "app.kubernetes.io/managed-by": "optimodel-operator",
+        MODEL_LABEL: model.name,
+    }
+
+
+def selector_labels(model: ModelRef) -> dict[str, str]:
+    """Immutable Deployment selector: never add labels here after the first release."""
+    return {"app.kubernetes.io/instance": model.name, "app.kubernetes.io/component": "server",
+            MODEL_LABEL: model.name}
+
+
+def owner_reference(model: ModelRef) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": model.name,
+            "uid": model.uid, "controller": True, "blockOwnerDeletion": True}
+
+
+def metadata(model: ModelRef, name: str, component: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "namespace": model.namespace, "labels": labels(model, component),
+            "ownerReferences": [owner_reference(model)], **extra}
+
+
+# --- security ------------------------------------------------------------------------------
+
+def pod_security_context(settings: OperatorSettings) -> dict[str, Any]:
+    uid = settings.run_as_user
+    return {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid, "fsGroup": uid,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+CONTAINER_SECURITY_CONTEXT = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+# --- build ---------------------------------------------------------------------------------
+
+def gpu_product(model: ModelRef, settings: OperatorSettings) -> str:
+    return model.spec.serving.gpu.product or settings.default_gpu_product
+
+
+def build_spec(model: ModelRef, settings: OperatorSettings) -> BuildSpec:
+    """Exactly the inputs of the build key (serving edits are not among them)."""
+    return BuildSpec(model=model.spec.model, optimization=model.spec.optimization,
+                     gpu_product=gpu_product(model, settings))
+
+
+def artifact_uri(model: ModelRef, key: str, settings: OperatorSettings) -> str:
+    return f"{settings.artifact_root.rstrip('/')}/{model.namespace}/{model.name}/{key}"
+
+
+def _pvc_claim(uri: str) -> str | None:
+    return uri[len("pvc://"):].split("/", 1)[0] if uri.startswith("pvc://") else None
+
+
+def _storage(model: ModelRef, settings: OperatorSettings, *, sources: list[str], writable: set[str]
+             ) -> tuple[list[dict], list[dict], list[dict]]:
+    """Volumes, mounts and envFrom giving a pod access to the given storage URIs.
+
+    pvc:// claims are mounted under ``settings.pvc_mount_root/<claim>`` (read-only unless in
+    ``writable``); object-store credentials only ever come from Secret references.
+    """
+    claims: dict[str, bool] = {}
+    for uri in sources:
+        claim = _pvc_claim(uri)
+        if claim:
+            claims[claim] = claims.get(claim, False) or claim in writable
+    # ``readOnly: false`` is never written: the API server drops false booleans, and a field we
+    # set but the server omits would make every reconcile see a difference and patch again.
+    volumes = [{"name": f"pvc-{i}", "persistentVolumeClaim": {"claimName": c, **({} if rw else {"readOnly": True})}}
+               for i, (c, rw) in enumerate(sorted(claims.items()))]
+    mounts = [{"name": f"pvc-{i}", "mountPath": f"{settings.pvc_mount_root}/{c}", **({} if rw else {"readOnly": True})}
+              for i, (c, rw) in enumerate(sorted(claims.items()))]
+    env_from = []
+    for secret in (model.spec.model.credentials_secret, settings.artifact_credentials_secret):
+        if secret and {"secretRef": {"name": secret}} not in env_from:
+            env_from.append({"secretRef": {"name": secret}})
+    return volumes, mounts, env_from
+
+
+def builder_job(model: ModelRef, key: str, settings: OperatorSettings) -> dict[str, Any]:
+    """The builder Job: one pod on a GPU node of the serving GPU type, args as a list."""
+    output = artifact_uri(model, key, settings)
+    spec_json = json.dumps(build_spec(model, settings).to_wire(), sort_keys=True, separators=(",", ":"))
+    sources = [model.spec.model.uri, output]
+    if model.spec.optimization.calibration and model.spec.optimization.calibration.uri:
+        sources.append(model.spec.optimization.calibration.uri)
+    artifact_claim = _pvc_claim(output)
+    volumes, mounts, env_from = _storage(model, settings, sources=sources,
+                                         writable={artifact_claim} if artifact_claim else set())
+    gpus = model.spec.serving.gpu.count
+    container = {
+        "name": "builder",
+        "image": settings.builder_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["optimodel"],
+        "args": ["build", "--spec-json", spec_json, "--output", output,
+                 "--model-name", model.name, "--termination-message-path", TERMINATION_MESSAGE_PATH],
+        "env": [
+            {"name": "OPTIMODEL_PVC_ROOT", "value": settings.pvc_mount_root},
+            {"name": "OPTIMODEL_BUILD_KEY", "value": key},
+            {"name": "HOME", "value": "/tmp"},
+        ],
+        "resources": {
+            "requests": {"cpu": settings.builder_cpu, "memory": settings.builder_memory,
+                         "nvidia.com/gpu": str(gpus)},
+            "limits": {"memory": settings.builder_memory, "nvidia.com/gpu": str(gpus)},
+        },
+        "securityContext": CONTAINER_SECURITY_CONTEXT,
+        "terminationMessagePath": TERMINATION_MESSAGE_PATH,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": "work", "mountPath": "/tmp"}, *mounts],
+    }
+    if env_from:
+        container["envFrom"] = env_from
+    job_spec: dict[str, Any] = {
+        "backoffLimit": settings.build_backoff_limit,
+        "activeDeadlineSeconds": settings.build_active_deadline_seconds,
+        "template": {
+            "metadata": {"labels": labels(model, "builder"), "annotations": {KEY_ANNOTATION: key}},
+            "spec": {
+                "restartPolicy": "Never",
+                "serviceAccountName": settings.builder_service_account,
+                "automountServiceAccountToken": False,
+                "securityContext": pod_security_context(settings),
+                "nodeSelector": {"nvidia.com/gpu.product": gpu_product(model, settings)},
+                "tolerations": [dict(t) for t in settings.gpu_tolerations],
+                "containers": [container],
+                "volumes": [{"name": "work", "emptyDir": {}}, *volumes],
+            },
+        },
+    }
+    if settings.build_ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = settings.build_ttl_seconds_after_finished
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata(model, job_name(model, key), "builder", annotations={KEY_ANNOTATION: key}),
+        "spec": job_spec,
+    }
+
+
+# --- serving -------------------------------------------------------------------------------
+
+def rollout_strategy(model: ModelRef) -> dict[str, Any]:
+    if model.spec.serving.rollout == "GPUFrugal":
+        surge, unavailable = 0, 1
+    else:
+        surge, unavailable = 1, 0
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": surge, "maxUnavailable": unavailable}}
+
+
+def desired_replicas(model: ModelRef) -> int:
+    """Replicas at creation. With autoscaling on this is written once, then the autoscaler owns it."""
+    if model.spec.autoscaling.enabled:
+        return model.spec.autoscaling.min_replicas
+    return model.spec.serving.replicas
+
+
+def triton_deployment(model: ModelRef, engine: EngineStatus, settings: OperatorSettings) -> dict[str, Any]:
+    """Triton serving the engine; the repository is staged from artifact storage by an init container."""
+    serving = model.spec.serving
+    volumes, mounts, env_from = _storage(model, settings, sources=[engine.uri], writable=set())
+    read_only_mounts = [{**m, "readOnly": True} for m in mounts]
+    serving_json = json.dumps(serving.to_wire(), sort_keys=True, separators=(",", ":"))
+    stage = {
+        "name": "stage-repository",
+        "image": settings.operator_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["optimodel"],
+        "args": ["stage-repository", "--from", f"{engine.uri}/repository", "--to", MODELS_DIR,
+                 "--model-name", model.name, "--serving-json", serving_json, "--layout", "native"],
+        "env": [{"name": "OPTIMODEL_PVC_ROOT", "value": settings.pvc_mount_root},
+                {"name": "HOME", "value": "/tmp"}],
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        "securityContext": CONTAINER_SECURITY_CONTEXT,
+        "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR},
+                         {"name": "tmp", "mountPath": "/tmp"}, *read_only_mounts],
+    }
+    if env_from:
+        stage["envFrom"] = env_from
+    gpus = str(serving.gpu.count)
+    resources: dict[str, Any] = {
+        "requests": {"cpu": settings.triton_cpu, "memory": settings.triton_memory, "nvidia.com/gpu": gpus},
+        "limits": {"memory": settings.triton_memory, "nvidia.com/gpu": gpus},
+    }
+    for name, quantity in (serving.resources or {}).items():
+        resources["requests"][name] = quantity
+        if name == "memory":
+            resources["limits"]["memory"] = quantity
+    probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}}
+    triton = {
+        "name": "triton",
+        "image": settings.triton_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["tritonserver"],
+        "args": [
+            f"--model-repository={MODELS_DIR}",
+            "--model-control-mode=explicit",
+            f"--load-model={model.name}",
+            "--strict-readiness=true",
+            "--exit-on-error=true",
+            f"--http-port={HTTP_PORT}",
+            f"--grpc-port={GRPC_PORT}",
+            f"--metrics-port={METRICS_PORT}",
+            "--allow-metrics=true",
+        ],
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "startupProbe": {**probe, "periodSeconds": 10,
+                         "failureThreshold": max(3, settings.triton_startup_seconds // 10)},
+        "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
+                          "periodSeconds": 10, "failureThreshold": 6},
+        "resources": resources,
+        "securityContext": CONTAINER_SECURITY_CONTEXT,
+        "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR, "readOnly": True},
+                         {"name": "tmp", "mountPath": "/tmp"},
+                         {"name": "shm", "mountPath": "/dev/shm"}],
+    }
+    pod_labels = {**labels(model, "server"), **selector_labels(model)}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(model, model.name, "server", annotations={KEY_ANNOTATION: engine.key}),
+        "spec": {
+            "replicas": desired_replicas(model),
+            "selector": {"matchLabels": selector_labels(model)},
+            "strategy": rollout_strategy(model),
+            "template": {
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": {KEY_ANNOTATION: engine.key,
+                                    "prometheus.io/scrape": "true",
+                                    "prometheus.io/port": str(METRICS_PORT)},
+                },
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "securityContext": pod_security_context(settings),
+                    "nodeSelector": {"nvidia.com/gpu.product": engine.gpu_product or gpu_product(model, settings)},
+                    "tolerations": [dict(t) for t in settings.gpu_tolerations],
+                    "terminationGracePeriodSeconds": 30,
+                    "initContainers": [stage],
+                    "containers": [triton],
+                    "volumes": [
+                        {"name": "models", "emptyDir": {}},
+                        {"name": "tmp", "emptyDir": {}},
+                        {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
+                        *volumes,
+                    ],
+                },
+            },
+        },
+    }
+
+
+def triton_service(model: ModelRef) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(model, model.name, "server"),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(model),
+            "ports": [
+                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
+                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def endpoint(model: ModelRef) -> str:
+    return f"http://{model.name}.{model.namespace}.svc:{HTTP_PORT}/v2/models/{model.name}"
+
+
+def pod_disruption_budget(model: ModelRef) -> dict[str, Any]:
+    """At most one Triton pod voluntarily evicted at a time (never blocks a drain entirely)."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata(model, model.name, "server"),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(model)}},
+    }
+
+
+# --- autoscaling ---------------------------------------------------------------------------
+
+def quantity(value: float) -> str:
+    """A Kubernetes quantity string: 4 -> "4", 2.5 -> "2500m"."""
+    return str(int(value)) if float(value).is_integer() else f"{round(value * 1000)}m"
+
+
+def scaling_behavior(model: ModelRef) -> dict[str, Any]:
+    """Scale up fast (double or +4 pods every 15 s), down slowly (one pod a minute, after a window)."""
+    return {
+        "scaleUp": {
+            "stabilizationWindowSeconds": 0,
+            "selectPolicy": "Max",
+            "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15},
+                         {"type": "Pods", "value": 4, "periodSeconds": 15}],
+        },
+        "scaleDown": {
+            "stabilizationWindowSeconds": model.spec.autoscaling.scale_down_stabilization_seconds,
+            "selectPolicy": "Min",
+            "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
+        },
+    }
+
+
+def horizontal_pod_autoscaler(model: ModelRef) -> dict[str, Any]:
+    """HPA on the per-pod queue-depth metric served by prometheus-adapter (the chart's rule)."""
+    scaling = model.spec.autoscaling
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": metadata(model, model.name, "autoscaler"),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": model.name},
+            "minReplicas": scaling.min_replicas,
+            "maxReplicas": scaling.max_replicas,
+            "metrics": [{
+                "type": "Pods",
+                "pods": {
+                    "metric": {"name": PENDING_REQUESTS_METRIC},
+                    "target": {"type": "AverageValue", "averageValue": quantity(scaling.target_queue_depth)},
+                },
+            }],
+            "behavior": scaling_behavior(model),
+        },
+    }
+
+
+def scaled_object(model: ModelRef, settings: OperatorSettings) -> dict[str, Any]:
+    """KEDA ScaledObject with a Prometheus trigger on the model's summed queue depth.
+
+    KEDA divides the query's value by the replica count (metricType AverageValue), so the target
+    is the average number of pending requests per pod, as with the HPA path.
+    """
+    scaling = model.spec.autoscaling
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": metadata(model, model.name, "autoscaler"),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": model.name},
+            "minReplicaCount": scaling.min_replicas,
+            "maxReplicaCount": scaling.max_replicas,
+            "pollingInterval": 15,
+            "cooldownPeriod": scaling.scale_down_stabilization_seconds,
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": scaling_behavior(model)}},
+            "triggers": [{
+                "type": "prometheus",
+                "metricType": "AverageValue",
+                "metadata": {
+                    "serverAddress": settings.prometheus_url,
+                    "query": keda_query(model.namespace, model.name),
+                    "threshold": f"{scaling.target_queue_depth:g}",
+                },
+            }],
+        },
+    }
+
+
+def pod_monitor(model: ModelRef) -> dict[str, Any]:
+    """Prometheus Operator PodMonitor scraping Triton's metrics port (with namespace/pod labels)."""
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PodMonitor",
+        "metadata": metadata(model, model.name, "server"),
+        "spec": {
+            "selector": {"matchLabels": selector_labels(model)},
+            "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s"}],
+        },
+    }
+
+
+def autoscaler_engine(model: ModelRef, keda_installed: bool) -> str | None:
+    """hpa, keda, or None (autoscaling off). ``auto`` picks KEDA when its CRD is installed."""
+    scaling = model.spec.autoscaling
+    if not scaling.enabled:
+        return None
+    if scaling.engine == "auto":
+        return "keda" if keda_installed else "hpa"
+    return scaling.engine

@@ -1,0 +1,34 @@
+"""``optimodel operator``: run the kopf operator with the handlers registered.
+
+Standalone (no peering CRDs) and namespace-scoped when ``OPTIMODEL_NAMESPACES`` is set, so the
+chart's namespaced mode needs only Roles. Liveness is served on ``--health-port``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import kopf
+
+from optimodel.operator.settings import OperatorSettings
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="optimodel operator", description=__doc__.splitlines()[0])
+    parser.add_argument("--health-port", type=int, default=8080,
+                        help="port of the /healthz liveness endpoint (0 = off)")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = OperatorSettings.from_env()
+    from optimodel.operator import handlers  # noqa: F401  (registers the handlers)
+
+    kopf.run(
+        standalone=True,
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+        liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
+    )
+    return 0

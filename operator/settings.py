@@ -1,0 +1,115 @@
+"""Typed operator settings, read once from ``OPTIMODEL_*`` environment variables.
+
+The Helm chart sets these from ``values.yaml``; every field documents its variable. Settings
+are operator-wide policy (images, where artifacts live, how long builds may take); per-model
+choices belong in the ``OptimizedModel`` spec.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ENV_PREFIX = "OPTIMODEL_"
+
+DEFAULT_GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+class OperatorSettings(BaseModel):
+    """Operator-wide configuration. Environment variable = OPTIMODEL_ + field name upper-cased."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    namespaces: list[str] = Field(
+        default_factory=list,
+        description="Namespaces to watch (comma-separated); empty = the whole cluster.",
+    )
+    builder_image: str = Field(
+        default="ghcr.io/optimodel/optimodel-builder:0.1.0",
+        description="Image of the builder Job (Dockerfile target `builder`).",
+    )
+    operator_image: str = Field(
+        default="ghcr.io/optimodel/optimodel-operator:0.1.0",
+        description="Image of the operator; also runs the repository-staging init container.",
+    )
+    triton_image: str = Field(
+        default="nvcr.io/nvidia/tritonserver:25.01-py3",
+        description="NVIDIA Triton Inference Server image serving the engines.",
+    )
+    image_pull_policy: str = Field(default="IfNotPresent")
+    artifact_root: str = Field(
+        default="pvc://optimodel-artifacts",
+        description="Where builds write <root>/<namespace>/<name>/<build-key>/: pvc://claim[/path] "
+        "(the claim must exist in each model namespace) or s3://bucket[/prefix].",
+    )
+    artifact_credentials_secret: str | None = Field(
+        default=None,
+        description="Secret (in the model's namespace) whose keys become environment variables "
+        "of builder and staging containers, e.g. AWS_ACCESS_KEY_ID for s3:// artifact roots.",
+    )
+    default_gpu_product: str = Field(
+        default="NVIDIA-H100-80GB-HBM3",
+        description="nvidia.com/gpu.product used when spec.serving.gpu.product is empty.",
+    )
+    gpu_tolerations: list[dict[str, Any]] = Field(
+        default_factory=lambda: [dict(t) for t in DEFAULT_GPU_TOLERATIONS],
+        description="Tolerations (JSON list) added to builder and Triton pods for GPU node taints.",
+    )
+    build_backoff_limit: int = Field(default=0, ge=0, le=10,
+                                     description="Job backoffLimit: builds are deterministic, retry rarely helps.")
+    build_active_deadline_seconds: int = Field(default=3600, ge=60,
+                                               description="Kill a build that runs longer than this.")
+    build_ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, description="Delete finished build Jobs after this long (unset = keep).",
+    )
+    builder_cpu: str = Field(default="8", description="CPU request of the builder container.")
+    builder_memory: str = Field(default="32Gi", description="Memory request/limit of the builder.")
+    builder_service_account: str = Field(
+        default="default", description="ServiceAccount of builder pods (no API token is mounted).",
+    )
+    triton_startup_seconds: int = Field(
+        default=600, ge=30, description="Startup-probe budget for Triton to load an engine.",
+    )
+    triton_cpu: str = Field(default="2")
+    triton_memory: str = Field(default="8Gi")
+    prometheus_url: str = Field(
+        default="http://prometheus-operated.monitoring.svc:9090",
+        description="Prometheus that KEDA's trigger queries for queue depth.",
+    )
+    pvc_mount_root: str = Field(default="/mnt/pvc", description="Where pvc:// claims are mounted in pods.")
+    run_as_user: int = Field(default=1000, ge=1, description="UID of every container we create.")
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split_csv(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [n.strip() for n in value.split(",") if n.strip()]
+        return value
+
+    @field_validator("gpu_tolerations", mode="before")
+    @classmethod
+    def _parse_json(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "OperatorSettings":
+        """Build settings from the environment; unknown OPTIMODEL_* variables are ignored."""
+        env = os.environ if environ is None else environ
+        values = {}
+        for name in cls.model_fields:
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is not None and raw != "":
+                values[name] = raw
+        return cls(**values)
+
+    @classmethod
+    def documentation(cls) -> list[tuple[str, str, str]]:
+        """(variable, default, description) for docs and the chart's values comments."""
+        rows = []
+        for name, field in cls.model_fields.items():
+            default = field.default_factory() if field.default_factory else field.default
+            rows.append((ENV_PREFIX + name.upper(), json.dumps(default), field.description or ""))
+        return rows

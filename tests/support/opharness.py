@@ -1,0 +1,147 @@
+"""Helpers for tests that drive the real operator on the real control plane.
+
+There is no kubelet to run the builder on kwok nodes, so tests play the kubelet's part for
+builder pods: they write the pod's terminated state and termination message, as a kubelet would
+after ``optimodel build`` exited.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kubernetes import client
+
+GROUP, VERSION, PLURAL = "optimodel.dev", "v1alpha1", "optimizedmodels"
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+class OperatorProcess:
+    """`optimodel operator` as a child process with its own log file."""
+
+    def __init__(self, kubeconfig: str, env: dict[str, str], log_path: Path):
+        self.kubeconfig, self.env, self.log_path = kubeconfig, env, log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        exe = Path(sys.executable).parent / "optimodel"
+        env = {**os.environ, "KUBECONFIG": self.kubeconfig, "PYTHONSAFEPATH": "1",
+               "PYTHONWARNINGS": "ignore", **self.env}
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([str(exe), "operator", "--health-port", "0"], env=env, cwd="/",
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self) -> None:
+        """SIGKILL: no graceful shutdown, as when a node dies mid-build."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self, n: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:]
+
+
+class Models:
+    """Small helpers over the OptimizedModel API and its children for one namespace."""
+
+    def __init__(self, api: client.ApiClient, namespace: str):
+        self.ns = namespace
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.batch = client.BatchV1Api(api)
+        self.apps = client.AppsV1Api(api)
+        self.autoscaling = client.AutoscalingV2Api(api)
+
+    def create(self, name: str, spec: dict) -> dict:
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "OptimizedModel",
+            "metadata": {"name": name}, "spec": spec})
+
+    def get(self, name: str) -> dict:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
+
+    def patch_spec(self, name: str, spec_patch: dict) -> dict:
+        return self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name,
+                                                          {"spec": spec_patch})
+
+    def status(self, name: str) -> dict:
+        return self.get(name).get("status") or {}
+
+    def condition(self, name: str, type_: str) -> dict | None:
+        return next((c for c in self.status(name).get("conditions", []) if c["type"] == type_), None)
+
+    def jobs(self) -> list:
+        return self.batch.list_namespaced_job(self.ns, label_selector="app.kubernetes.io/component=builder").items
+
+    def wait_job(self, count: int = 1, timeout: float = 30) -> list:
+        return wait_for(lambda: (lambda js: js if len(js) >= count else None)(self.jobs()),
+                        timeout=timeout, what=f"{count} build Job(s)")
+
+    def builder_pod(self, job_name: str):
+        def find():
+            pods = self.core.list_namespaced_pod(
+                self.ns, label_selector=f"batch.kubernetes.io/job-name={job_name}").items
+            return pods[0] if pods else None
+        return wait_for(find, what=f"pod of Job {job_name}")
+
+    def finish_build(self, job_name: str, summary: dict, exit_code: int = 0) -> None:
+        """Play the kubelet: the builder container terminated with this termination message."""
+        pod = self.builder_pod(job_name)
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        container = pod.spec.containers[0]
+        self.core.patch_namespaced_pod_status(pod.metadata.name, self.ns, {"status": {
+            "phase": "Succeeded" if exit_code == 0 else "Failed",
+            "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": now}],
+            "containerStatuses": [{
+                "name": container.name, "image": container.image, "imageID": "", "ready": False,
+                "restartCount": 0, "started": False,
+                "state": {"terminated": {
+                    "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
+                    "message": json.dumps(summary), "startedAt": now, "finishedAt": now}},
+            }],
+        }})
+
+    def events(self, name: str) -> list:
+        return self.core.list_namespaced_event(
+            self.ns, field_selector=f"involvedObject.name={name},involvedObject.kind=OptimizedModel").items
+
+
+def success_summary(key: str, model: str, precision: str = "int8", speedup: float = 2.7) -> dict:
+    """A builder summary as `optimodel build` writes it to the termination message."""
+    return {
+        "succeeded": True, "buildKey": key,
+        "engine": {"key": key, "uri": f"pvc://optimodel-artifacts/x/{model}/{key}", "modelName": model,
+                   "precision": precision, "target": "tensorrt", "platform": "tensorrt_plan",
+                   "gpuProduct": "NVIDIA-H100-80GB-HBM3", "computeCapability": "9.0",
+                   "runtimeVersion": "10.8.0", "sizeBytes": 45_000_000},
+        "speedup": speedup, "accuracyMetric": "cosine", "accuracyValue": 0.995,
+        "baselineThroughput": 100.0, "optimizedThroughput": 100.0 * speedup, "batchSize": 8,
+    }
+
+
+def failure_summary(key: str, reason: str = "AccuracyGateFailed",
+                    message: str = "no candidate reached cosine >= 0.999 (best: int8 0.991)") -> dict:
+    return {"succeeded": False, "buildKey": key, "reason": reason, "message": message}
