@@ -15,7 +15,7 @@ from typing import Any
 from kubernetes import client, config
 
 from optimodel.api.crd import GROUP, PLURAL, VERSION
-from optimodel.operator import diff
+from optimodel.operator import diff, metrics
 
 # apiVersion/kind -> plural resource name, for every kind the operator touches.
 PLURALS = {
@@ -118,10 +118,10 @@ class Kube:
             if self.create(desired) is None:  # lost a race: compare with the winner
                 existing = self.get(*key)
                 action = diff.classify(desired, existing, not_owned)
-            else:
-                return action
         if action == diff.PATCH:
             self.merge_patch(*key, diff.without(desired, not_owned))
+        if action != diff.UNCHANGED:
+            metrics.inc("optimodel_child_writes_total", kind=desired["kind"], action=action)
         return action
 
     def crd_installed(self, name: str) -> bool:

@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import logging
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ from optimodel.api.status import (
     Throughput,
 )
 from optimodel.operator import manifests as m
+from optimodel.operator import metrics
 from optimodel.operator.conditions import Desired, merge_conditions, status_patch, transitions
 from optimodel.operator.kube import Kube
 from optimodel.operator.settings import OperatorSettings
@@ -67,10 +69,18 @@ def now() -> str:
 def reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str) -> None:
     """Converge one model. Serialized per object: model and child events may race."""
     with _locks[(namespace, name)]:
+        started = time.monotonic()
         body = kube.get(MODEL_API, "OptimizedModel", namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return  # gone: owner references let the garbage collector remove the children
-        _reconcile(kube, settings, body)
+        try:
+            _reconcile(kube, settings, body)
+        except Exception:
+            metrics.inc("optimodel_reconcile_total", result="error")
+            raise
+        metrics.inc("optimodel_reconcile_total", result="ok")
+        metrics.inc("optimodel_reconcile_seconds_sum", time.monotonic() - started)
+        metrics.inc("optimodel_reconcile_seconds_count")
 
 
 def _reconcile(kube: Kube, settings: OperatorSettings, body: dict) -> None:
@@ -104,6 +114,8 @@ def _reconcile(kube: Kube, settings: OperatorSettings, body: dict) -> None:
         kube.patch_model_status(model.namespace, model.name, patch)
         for type_, reason, message in transitions(old, new):
             kube.post_event(body, type_, reason, message)
+            if reason in ("EngineBuilt", "BuildFailed"):
+                metrics.inc("optimodel_builds_total", event="succeeded" if reason == "EngineBuilt" else "failed")
 
 
 def _build(kube: Kube, settings: OperatorSettings, model: m.ModelRef, key: str) -> BuildOutcome:
@@ -111,6 +123,7 @@ def _build(kube: Kube, settings: OperatorSettings, model: m.ModelRef, key: str) 
     job = kube.get("batch/v1", "Job", model.namespace, job_name)
     if job is None:
         kube.apply(m.builder_job(model, key, settings))
+        metrics.inc("optimodel_builds_total", event="created")
         log.info("created build Job %s/%s for key %s", model.namespace, job_name, key[:10])
         return BuildOutcome("Running", job_name, message=f"Build Job {job_name} created")
     conditions = {c["type"]: c for c in (job.get("status") or {}).get("conditions") or []
@@ -146,6 +159,7 @@ def _cancel_superseded_builds(kube: Kube, model: m.ModelRef, key: str) -> None:
         if job_key != key and not done:
             log.info("cancelling superseded build Job %s", job["metadata"]["name"])
             kube.delete("batch/v1", "Job", model.namespace, job["metadata"]["name"])
+            metrics.inc("optimodel_builds_total", event="cancelled")
 
 
 def _read_summary(kube: Kube, namespace: str, job_name: str) -> BuildSummary | None:

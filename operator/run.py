@@ -1,7 +1,8 @@
 """``optimodel operator``: run the kopf operator with the handlers registered.
 
 Standalone (no peering CRDs) and namespace-scoped when ``OPTIMODEL_NAMESPACES`` is set, so the
-chart's namespaced mode needs only Roles. Liveness is served on ``--health-port``.
+chart's namespaced mode needs only Roles. Liveness is served on ``--health-port`` (kopf's
+``/healthz``), the operator's own counters on ``--metrics-port`` (``/metrics``).
 """
 
 from __future__ import annotations
@@ -18,12 +19,18 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="optimodel operator", description=__doc__.splitlines()[0])
     parser.add_argument("--health-port", type=int, default=8080,
                         help="port of the /healthz liveness endpoint (0 = off)")
+    parser.add_argument("--metrics-port", type=int, default=9090,
+                        help="port of the Prometheus /metrics endpoint (0 = off)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = OperatorSettings.from_env()
     from optimodel.operator import handlers  # noqa: F401  (registers the handlers)
+    from optimodel.operator import metrics
+
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
 
     kopf.run(
         standalone=True,

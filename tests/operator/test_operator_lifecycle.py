@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import time
+import urllib.request
 
 import pytest
 from kubernetes import client
@@ -211,3 +213,13 @@ def test_reconciling_an_unchanged_model_writes_nothing(models, operator, namespa
     after = versions()
     assert after.pop("model") != before.pop("model")  # our label edit
     assert after == before
+
+
+def test_operator_exposes_its_own_metrics(models, operator, namespace):
+    build_and_serve(models)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).read().decode()
+    assert 'optimodel_builds_total{event="created"} 1' in text
+    assert 'optimodel_builds_total{event="succeeded"} 1' in text
+    assert 'optimodel_child_writes_total{action="create",kind="Deployment"} 1' in text
+    ok = float(re.search(r'optimodel_reconcile_total\{result="ok"\} (\S+)', text).group(1))
+    assert ok >= 3

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +19,12 @@ from pathlib import Path
 from kubernetes import client
 
 GROUP, VERSION, PLURAL = "optimodel.dev", "v1alpha1", "optimizedmodels"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_for(predicate, timeout: float = 30, interval: float = 0.1, what: str = "condition"):
@@ -37,13 +44,15 @@ class OperatorProcess:
     def __init__(self, kubeconfig: str, env: dict[str, str], log_path: Path):
         self.kubeconfig, self.env, self.log_path = kubeconfig, env, log_path
         self.proc: subprocess.Popen | None = None
+        self.metrics_port = free_port()
 
     def start(self) -> None:
         exe = Path(sys.executable).parent / "optimodel"
         env = {**os.environ, "KUBECONFIG": self.kubeconfig, "PYTHONSAFEPATH": "1",
                "PYTHONWARNINGS": "ignore", **self.env}
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([str(exe), "operator", "--health-port", "0"], env=env, cwd="/",
+        self.proc = subprocess.Popen([str(exe), "operator", "--health-port", "0",
+                                      "--metrics-port", str(self.metrics_port)], env=env, cwd="/",
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def kill(self) -> None:

@@ -1,0 +1,259 @@
+"""Desired state is pure: exact manifests for a fixed spec and settings, no cluster."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from optimodel.api.spec import OptimizedModelSpec
+from optimodel.api.status import EngineStatus
+from optimodel.operator import manifests as m
+from optimodel.operator.settings import OperatorSettings
+
+SETTINGS = OperatorSettings(
+    builder_image="reg/builder:1", operator_image="reg/operator:1", triton_image="reg/triton:1",
+    artifact_root="pvc://artifacts/builds", prometheus_url="http://prom:9090",
+)
+SPEC = {
+    "model": {"uri": "pvc://models/minilm", "format": "huggingface", "credentialsSecret": "hub"},
+    "optimization": {"precision": "int8", "calibration": {"uri": "s3://data/calib.txt", "samples": 64}},
+    "serving": {"gpu": {"product": "NVIDIA-L4", "count": 1}},
+    "autoscaling": {"minReplicas": 2, "maxReplicas": 5, "targetQueueDepth": 2.5},
+}
+KEY = "ab" * 32
+MODEL = m.ModelRef("minilm", "ml", "uid-1", OptimizedModelSpec.model_validate(SPEC))
+ENGINE = EngineStatus(key=KEY, uri=f"pvc://artifacts/builds/ml/minilm/{KEY}", precision="int8",
+                      target="tensorrt", gpu_product="NVIDIA-L4")
+
+LABELS = lambda component: {  # noqa: E731
+    "app.kubernetes.io/name": "optimodel", "app.kubernetes.io/instance": "minilm",
+    "app.kubernetes.io/component": component, "app.kubernetes.io/part-of": "optimodel",
+    "app.kubernetes.io/managed-by": "optimodel-operator", "optimodel.dev/model": "minilm",
+}
+OWNER = [{"apiVersion": "optimodel.dev/v1alpha1", "kind": "OptimizedModel", "name": "minilm",
+          "uid": "uid-1", "controller": True, "blockOwnerDeletion": True}]
+POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+                "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                      "capabilities": {"drop": ["ALL"]}}
+TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+SELECTOR = {"app.kubernetes.io/instance": "minilm", "app.kubernetes.io/component": "server",
+            "optimodel.dev/model": "minilm"}
+
+
+def test_builder_job_exact():
+    job = m.builder_job(MODEL, KEY, SETTINGS)
+    spec_json = json.dumps(m.build_spec(MODEL, SETTINGS).to_wire(), sort_keys=True, separators=(",", ":"))
+    output = f"pvc://artifacts/builds/ml/minilm/{KEY}"
+    assert job == {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "minilm-build-ababababab", "namespace": "ml", "labels": LABELS("builder"),
+                     "ownerReferences": OWNER, "annotations": {"optimodel.dev/build-key": KEY}},
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": 3600,
+            "template": {
+                "metadata": {"labels": LABELS("builder"), "annotations": {"optimodel.dev/build-key": KEY}},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "serviceAccountName": "default",
+                    "automountServiceAccountToken": False,
+                    "securityContext": POD_SECURITY,
+                    "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-L4"},
+                    "tolerations": TOLERATIONS,
+                    "containers": [{
+                        "name": "builder",
+                        "image": "reg/builder:1",
+                        "imagePullPolicy": "IfNotPresent",
+                        "command": ["optimodel"],
+                        "args": ["build", "--spec-json", spec_json, "--output", output,
+                                 "--model-name", "minilm", "--termination-message-path", "/dev/termination-log"],
+                        "env": [{"name": "OPTIMODEL_PVC_ROOT", "value": "/mnt/pvc"},
+                                {"name": "OPTIMODEL_BUILD_KEY", "value": KEY},
+                                {"name": "HOME", "value": "/tmp"}],
+                        "resources": {"requests": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"},
+                                      "limits": {"memory": "32Gi", "nvidia.com/gpu": "1"}},
+                        "securityContext": CONTAINER_SECURITY,
+                        "terminationMessagePath": "/dev/termination-log",
+                        "terminationMessagePolicy": "FallbackToLogsOnError",
+                        "volumeMounts": [{"name": "work", "mountPath": "/tmp"},
+                                         {"name": "pvc-0", "mountPath": "/mnt/pvc/artifacts"},
+                                         {"name": "pvc-1", "mountPath": "/mnt/pvc/models", "readOnly": True}],
+                        "envFrom": [{"secretRef": {"name": "hub"}}],
+                    }],
+                    "volumes": [{"name": "work", "emptyDir": {}},
+                                {"name": "pvc-0", "persistentVolumeClaim": {"claimName": "artifacts"}},
+                                {"name": "pvc-1", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}}],
+                },
+            },
+        },
+    }
+
+
+def test_builder_args_are_a_list_and_spec_json_round_trips():
+    args = m.builder_job(MODEL, KEY, SETTINGS)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert all(isinstance(a, str) for a in args)
+    payload = json.loads(args[args.index("--spec-json") + 1])
+    assert payload["optimization"]["calibration"]["uri"] == "s3://data/calib.txt"
+    assert payload["gpuProduct"] == "NVIDIA-L4"
+    assert "serving" not in payload and "autoscaling" not in payload
+
+
+def test_hostile_spec_strings_stay_single_arguments():
+    hostile = {**SPEC, "model": {"uri": "s3://b/$(rm -rf /);`id`", "format": "onnx"}}
+    ref = m.ModelRef("x", "ml", "u", OptimizedModelSpec.model_validate(hostile))
+    container = m.builder_job(ref, KEY, SETTINGS)["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["optimodel"]
+    assert "sh" not in container["command"] and "-c" not in container["args"]
+    assert json.loads(container["args"][2])["model"]["uri"] == "s3://b/$(rm -rf /);`id`"
+
+
+def test_triton_deployment_exact():
+    serving_json = json.dumps(MODEL.spec.serving.to_wire(), sort_keys=True, separators=(",", ":"))
+    probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}}
+    assert m.triton_deployment(MODEL, ENGINE, SETTINGS) == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "minilm", "namespace": "ml", "labels": LABELS("server"), "ownerReferences": OWNER,
+                     "annotations": {"optimodel.dev/build-key": KEY}},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": SELECTOR},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": LABELS("server"),
+                             "annotations": {"optimodel.dev/build-key": KEY, "prometheus.io/scrape": "true",
+                                             "prometheus.io/port": "8002"}},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "securityContext": POD_SECURITY,
+                    "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-L4"},
+                    "tolerations": TOLERATIONS,
+                    "terminationGracePeriodSeconds": 30,
+                    "initContainers": [{
+                        "name": "stage-repository",
+                        "image": "reg/operator:1",
+                        "imagePullPolicy": "IfNotPresent",
+                        "command": ["optimodel"],
+                        "args": ["stage-repository", "--from", f"{ENGINE.uri}/repository", "--to", "/models",
+                                 "--model-name", "minilm", "--serving-json", serving_json, "--layout", "native"],
+                        "env": [{"name": "OPTIMODEL_PVC_ROOT", "value": "/mnt/pvc"}, {"name": "HOME", "value": "/tmp"}],
+                        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+                        "securityContext": CONTAINER_SECURITY,
+                        "volumeMounts": [{"name": "models", "mountPath": "/models"},
+                                         {"name": "tmp", "mountPath": "/tmp"},
+                                         {"name": "pvc-0", "mountPath": "/mnt/pvc/artifacts", "readOnly": True}],
+                        "envFrom": [{"secretRef": {"name": "hub"}}],
+                    }],
+                    "containers": [{
+                        "name": "triton",
+                        "image": "reg/triton:1",
+                        "imagePullPolicy": "IfNotPresent",
+                        "command": ["tritonserver"],
+                        "args": ["--model-repository=/models", "--model-control-mode=explicit",
+                                 "--load-model=minilm", "--strict-readiness=true", "--exit-on-error=true",
+                                 "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002",
+                                 "--allow-metrics=true"],
+                        "env": [{"name": "HOME", "value": "/tmp"}],
+                        "ports": [{"name": "http", "containerPort": 8000, "protocol": "TCP"},
+                                  {"name": "grpc", "containerPort": 8001, "protocol": "TCP"},
+                                  {"name": "metrics", "containerPort": 8002, "protocol": "TCP"}],
+                        "startupProbe": {**probe, "periodSeconds": 10, "failureThreshold": 60},
+                        "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 3},
+                        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
+                                          "periodSeconds": 10, "failureThreshold": 6},
+                        "resources": {"requests": {"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": "1"},
+                                      "limits": {"memory": "8Gi", "nvidia.com/gpu": "1"}},
+                        "securityContext": CONTAINER_SECURITY,
+                        "volumeMounts": [{"name": "models", "mountPath": "/models", "readOnly": True},
+                                         {"name": "tmp", "mountPath": "/tmp"},
+                                         {"name": "shm", "mountPath": "/dev/shm"}],
+                    }],
+                    "volumes": [{"name": "models", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}},
+                                {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
+                                {"name": "pvc-0", "persistentVolumeClaim": {"claimName": "artifacts", "readOnly": True}}],
+                },
+            },
+        },
+    }
+
+
+@pytest.mark.parametrize("rollout,surge,unavailable", [("Surge", 1, 0), ("GPUFrugal", 0, 1)])
+def test_rollout_strategies(rollout, surge, unavailable):
+    ref = m.ModelRef("x", "ml", "u", OptimizedModelSpec.model_validate({**SPEC, "serving": {"rollout": rollout}}))
+    assert m.rollout_strategy(ref)["rollingUpdate"] == {"maxSurge": surge, "maxUnavailable": unavailable}
+
+
+def test_fixed_replicas_when_autoscaling_is_off():
+    spec = {**SPEC, "serving": {"replicas": 3}, "autoscaling": {"enabled": False}}
+    ref = m.ModelRef("x", "ml", "u", OptimizedModelSpec.model_validate(spec))
+    assert m.desired_replicas(ref) == 3
+    assert m.autoscaler_engine(ref, keda_installed=True) is None
+
+
+def test_service_pdb_and_podmonitor_exact():
+    assert m.triton_service(MODEL)["spec"] == {
+        "type": "ClusterIP", "selector": SELECTOR,
+        "ports": [{"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"},
+                  {"name": "grpc", "port": 8001, "targetPort": "grpc", "protocol": "TCP"},
+                  {"name": "metrics", "port": 8002, "targetPort": "metrics", "protocol": "TCP"}]}
+    assert m.pod_disruption_budget(MODEL)["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": SELECTOR}}
+    assert m.pod_monitor(MODEL)["spec"] == {
+        "selector": {"matchLabels": SELECTOR},
+        "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s"}]}
+
+
+BEHAVIOR = {
+    "scaleUp": {"stabilizationWindowSeconds": 0, "selectPolicy": "Max",
+                "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15},
+                             {"type": "Pods", "value": 4, "periodSeconds": 15}]},
+    "scaleDown": {"stabilizationWindowSeconds": 300, "selectPolicy": "Min",
+                  "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}]},
+}
+
+
+def test_hpa_exact():
+    assert m.horizontal_pod_autoscaler(MODEL) == {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "minilm", "namespace": "ml", "labels": LABELS("autoscaler"), "ownerReferences": OWNER},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "minilm"},
+            "minReplicas": 2, "maxReplicas": 5,
+            "metrics": [{"type": "Pods", "pods": {
+                "metric": {"name": "nv_inference_pending_request_count"},
+                "target": {"type": "AverageValue", "averageValue": "2500m"}}}],
+            "behavior": BEHAVIOR,
+        },
+    }
+
+
+def test_scaled_object_exact():
+    from optimodel.serving.metrics import keda_query
+
+    assert m.scaled_object(MODEL, SETTINGS)["spec"] == {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "minilm"},
+        "minReplicaCount": 2, "maxReplicaCount": 5, "pollingInterval": 15, "cooldownPeriod": 300,
+        "advanced": {"horizontalPodAutoscalerConfig": {"behavior": BEHAVIOR}},
+        "triggers": [{"type": "prometheus", "metricType": "AverageValue", "metadata": {
+            "serverAddress": "http://prom:9090", "query": keda_query("ml", "minilm"), "threshold": "2.5"}}],
+    }
+
+
+@pytest.mark.parametrize("engine,keda,expected", [
+    ("auto", True, "keda"), ("auto", False, "hpa"), ("hpa", True, "hpa"), ("keda", False, "keda")])
+def test_autoscaler_engine_choice(engine, keda, expected):
+    ref = m.ModelRef("x", "ml", "u", OptimizedModelSpec.model_validate({**SPEC, "autoscaling": {"engine": engine}}))
+    assert m.autoscaler_engine(ref, keda_installed=keda) == expected
+
+
+@pytest.mark.parametrize("value,text", [(4, "4"), (2.5, "2500m"), (0.1, "100m"), (10.0, "10")])
+def test_quantity(value, text):
+    assert m.quantity(value) == text
+
+
+def test_long_names_stay_valid_label_values():
+    ref = m.ModelRef("m" * 63, "ml", "u", MODEL.spec)
+    assert len(m.job_name(ref, KEY)) <= 63
