@@ -72,3 +72,24 @@ def status_patch(old: dict, new: dict) -> dict | None:
         if key not in new:
             patch[key] = None
     return patch
+
+
+def pod_problem(pods: list[dict]) -> str | None:
+    """The first reason a serving pod is not ready, as a user should read it, or None.
+
+    Looks at scheduling (e.g. an unbound PVC, no GPU node of the product), then at waiting
+    containers (image pull errors, crash loops) and init containers (repository staging).
+    """
+    for pod in pods:
+        name = pod["metadata"]["name"]
+        status = pod.get("status") or {}
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                return f"pod {name} unschedulable: {cond.get('message') or cond.get('reason')}"
+        for key in ("initContainerStatuses", "containerStatuses"):
+            for cs in status.get(key) or []:
+                waiting = (cs.get("state") or {}).get("waiting") or {}
+                if waiting.get("reason") not in (None, "ContainerCreating", "PodInitializing"):
+                    detail = waiting.get("message") or ""
+                    return f"pod {name} container {cs.get('name')}: {waiting['reason']} {detail}".strip()
+    return None

@@ -39,7 +39,7 @@ from optimodel.api.status import (
 )
 from optimodel.operator import manifests as m
 from optimodel.operator import metrics
-from optimodel.operator.conditions import Desired, merge_conditions, status_patch, transitions
+from optimodel.operator.conditions import Desired, merge_conditions, pod_problem, status_patch, transitions
 from optimodel.operator.kube import Kube
 from optimodel.operator.settings import OperatorSettings
 
@@ -103,12 +103,15 @@ def _reconcile(kube: Kube, settings: OperatorSettings, body: dict) -> None:
             build = None  # the build became the engine: nothing in flight
 
     # 4. Serve the engine (the previous one while a new build runs or after it failed).
-    deployment, autoscaler = None, None
+    deployment, autoscaler, problem = None, None, None
     if engine is not None:
         deployment, autoscaler = _serve(kube, settings, model, engine)
+        if deployment and (deployment.get("status") or {}).get("readyReplicas", 0) == 0:
+            selector = ",".join(f"{k}={v}" for k, v in m.selector_labels(model).items())
+            problem = pod_problem(kube.list("v1", "Pod", model.namespace, label_selector=selector))
 
     # 5. Status and Events.
-    new = _status(body, model, old, key, engine, benchmark, build, deployment, autoscaler)
+    new = _status(body, model, old, key, engine, benchmark, build, deployment, autoscaler, problem)
     patch = status_patch(old.to_wire(), new.to_wire())
     if patch is not None:
         kube.patch_model_status(model.namespace, model.name, patch)
@@ -226,7 +229,7 @@ def _serve(kube: Kube, settings: OperatorSettings, model: m.ModelRef, engine: En
 
 def _status(body: dict, model: m.ModelRef, old: OptimizedModelStatus, key: str,
             engine: EngineStatus | None, benchmark: BenchmarkStatus | None, build: BuildStatus | None,
-            deployment: dict | None, autoscaler: str | None) -> OptimizedModelStatus:
+            deployment: dict | None, autoscaler: str | None, problem: str | None) -> OptimizedModelStatus:
     generation = body["metadata"].get("generation")
     built_current = engine is not None and engine.key == key
     failed = build is not None and build.state == "Failed" and build.key == key
@@ -255,7 +258,8 @@ def _status(body: dict, model: m.ModelRef, old: OptimizedModelStatus, key: str,
         if ready_replicas > 0 and rolled_out:
             ready = Desired("Ready", True, "ReplicasReady", f"{ready_replicas}/{replicas} replicas ready")
         else:
-            ready = Desired("Ready", False, "ReplicasNotReady", f"{ready_replicas}/{replicas} replicas ready")
+            detail = f"; {problem}" if problem else ""
+            ready = Desired("Ready", False, "ReplicasNotReady", f"{ready_replicas}/{replicas} replicas ready{detail}")
 
     if failed:
         phase = "Failed"

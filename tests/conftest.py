@@ -9,31 +9,18 @@ a skip: a green run must mean the integration tests ran.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
+import localcluster  # hack/localcluster.py (pytest's pythonpath includes hack/)
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def _load_localcluster():
-    spec = importlib.util.spec_from_file_location("localcluster", REPO / "hack" / "localcluster.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["localcluster"] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-localcluster = _load_localcluster()
 
 
 class Cluster:

@@ -223,3 +223,18 @@ def test_operator_exposes_its_own_metrics(models, operator, namespace):
     assert 'optimodel_child_writes_total{action="create",kind="Deployment"} 1' in text
     ok = float(re.search(r'optimodel_reconcile_total\{result="ok"\} (\S+)', text).group(1))
     assert ok >= 3
+
+
+def test_not_ready_explains_why(models, operator, operator_env, namespace):
+    """With a pvc:// artifact root whose claim does not exist, Ready says so."""
+    operator.stop()
+    operator.env["OPTIMODEL_ARTIFACT_ROOT"] = "pvc://missing-claim/builds"
+    operator.start()
+    models.create("minilm", SPEC)
+    job = models.wait_job()[0]
+    models.finish_build(job.metadata.name, success_summary(key_of(job), "minilm"))
+    def explained():
+        message = (models.condition("minilm", "Ready") or {}).get("message", "")
+        return "unschedulable" in message and "missing-claim" in message and "not found" in message
+    wait_for(explained, timeout=30, what="Ready condition naming the missing claim")
+    assert models.status("minilm")["phase"] == "Deploying"

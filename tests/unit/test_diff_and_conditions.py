@@ -6,7 +6,7 @@ import pytest
 
 from optimodel.api.status import Condition, OptimizedModelStatus
 from optimodel.operator import diff
-from optimodel.operator.conditions import Desired, merge_conditions, status_patch, transitions
+from optimodel.operator.conditions import Desired, merge_conditions, pod_problem, status_patch, transitions
 from optimodel.operator.settings import OperatorSettings
 
 DESIRED = {"metadata": {"name": "m", "labels": {"a": "1"}},
@@ -93,3 +93,17 @@ def test_settings_from_environment():
 def test_bad_settings_fail_loudly_naming_the_variable():
     with pytest.raises(ValueError, match="build_active_deadline_seconds"):
         OperatorSettings.from_env({"OPTIMODEL_BUILD_ACTIVE_DEADLINE_SECONDS": "5"})
+
+
+@pytest.mark.parametrize("status,expected", [
+    ({"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                      "message": 'persistentvolumeclaim "artifacts" not found'}]},
+     'pod p unschedulable: persistentvolumeclaim "artifacts" not found'),
+    ({"initContainerStatuses": [{"name": "stage-repository", "state": {"waiting": {
+        "reason": "CrashLoopBackOff", "message": "back-off 5m0s"}}}]},
+     "pod p container stage-repository: CrashLoopBackOff back-off 5m0s"),
+    ({"containerStatuses": [{"name": "triton", "state": {"waiting": {"reason": "ContainerCreating"}}}]}, None),
+    ({"phase": "Running"}, None),
+], ids=["unschedulable", "init-crashloop", "creating", "running"])
+def test_pod_problem_explains_why_serving_is_not_ready(status, expected):
+    assert pod_problem([{"metadata": {"name": "p"}, "status": status}]) == expected
