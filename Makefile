@@ -4,7 +4,7 @@
 #   make test              the whole test suite (installs Python deps and control-plane binaries)
 #   make dev-cluster       a local control plane with kwok GPU node pools; kubeconfig path printed
 #   make dev-cluster-down  stop it and remove its state
-#   make crd               regenerate crds/ and the chart's CRD from the API models
+#   make manifests         regenerate crds/, the chart's generated files and deploy/ from the code
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -15,7 +15,7 @@ export OPTIMODEL_CACHE
 DEV_CLUSTER_STATE ?= $(OPTIMODEL_CACHE)/dev-cluster
 PYTEST_ARGS ?=
 
-.PHONY: help demo test test-unit binaries python-env dev-cluster dev-cluster-down crd lint bench
+.PHONY: help demo test test-unit test-chart binaries python-env dev-cluster dev-cluster-down crd manifests manifests-check bench
 
 help:
 	@sed -n '2,9p' Makefile
@@ -46,6 +46,14 @@ dev-cluster: binaries
 dev-cluster-down:
 	@python3 hack/localcluster.py down --state "$(DEV_CLUSTER_STATE)"
 
-crd:
-	@venv=$$(hack/python-env.sh); cd / && "$$venv/bin/optimodel" crd > "$(CURDIR)/crds/optimizedmodel.yaml"
-	@cp crds/optimizedmodel.yaml charts/optimodel/templates/crd.yaml.src 2>/dev/null || true
+crd: manifests
+
+manifests:
+	@venv=$$(hack/python-env.sh); cd / && "$$venv/bin/optimodel" crd > "$(CURDIR)/crds/optimizedmodel.yaml" \
+	  && "$$venv/bin/python" "$(CURDIR)/hack/render-chart-artifacts.py"
+
+manifests-check:
+	@venv=$$(hack/python-env.sh); cd / && "$$venv/bin/python" "$(CURDIR)/hack/render-chart-artifacts.py" --check
+
+test-chart:
+	@venv=$$(hack/python-env.sh); hack/install-binaries.sh >/dev/null; "$$venv/bin/pytest" tests/chart $(PYTEST_ARGS)

@@ -35,6 +35,9 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
     settings.execution.max_workers = 8
+    # No namespace/CRD scanning: it needs cluster-wide list/watch of namespaces and CRDs, which
+    # least-privilege RBAC does not grant. Watched namespaces are exact names from settings.
+    settings.scanning.disabled = True
     _context()
 
 
