@@ -1,0 +1,253 @@
+"""Stage a built model repository for a Triton pod, with the serving settings applied.
+
+Why a separate step: the builder's output depends only on the build key (model + optimization),
+so editing ``spec.serving`` must never rebuild. The Triton pod's init container runs
+``optimodel stage-repository``: it copies the engine's repository from artifact storage into the
+pod's model-repository volume and rewrites ``config.pbtxt`` -- through Triton's ``ModelConfig``
+protobuf, never as text -- with the current serving settings (dynamic batching, instance count).
+
+Sources (``--from``):
+
+- a local path or ``file://path``;
+- ``pvc://<claim>/<path>``: the claim mounted at ``$OPTIMODEL_PVC_ROOT/<claim>`` (default root
+  ``/mnt/pvc``), which is how the operator mounts artifact PVCs;
+- ``s3://bucket/prefix`` (fsspec + s3fs; credentials from the standard AWS environment variables,
+  endpoint from ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` for S3-compatible stores);
+- any other fsspec URL (``memory://`` is what the tests use).
+
+A source may be a build output directory (``report.json``, ``repository/``,
+``repository-python/``), a model repository (``<name>/config.pbtxt``) or a model directory
+(``config.pbtxt``); ``--layout`` picks ``repository/`` (native: ONNX Runtime / TensorRT backend)
+or ``repository-python/`` (Python backend, for Tritons without the ONNX Runtime backend).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from optimodel.api.spec import Serving
+
+if TYPE_CHECKING:  # tritonclient's protobuf module is imported lazily (not in every image)
+    from tritonclient.grpc.model_config_pb2 import ModelConfig
+
+Layout = Literal["native", "python"]
+LAYOUT_DIRS: dict[str, str] = {"native": "repository", "python": "repository-python"}
+PVC_ROOT_ENV = "OPTIMODEL_PVC_ROOT"
+DEFAULT_PVC_ROOT = "/mnt/pvc"
+
+
+class StageError(RuntimeError):
+    """The source repository could not be found, read, or its config could not be applied."""
+
+
+def _mc():
+    try:
+        from tritonclient.grpc import model_config_pb2
+    except ImportError as exc:  # pragma: no cover - depends on the image
+        raise StageError("tritonclient[grpc] (Triton's model_config protobuf) is not installed: "
+                         "install optimodel[serve]") from exc
+    return model_config_pb2
+
+
+# --------------------------------------------------------------------------------------------
+# Pure: serving settings -> ModelConfig
+# --------------------------------------------------------------------------------------------
+
+
+def apply_serving(config: "ModelConfig", serving: Serving, *, layout: Layout = "native",
+                  model_name: str | None = None) -> "ModelConfig":
+    """A copy of ``config`` with ``serving`` applied; the input message is not modified.
+
+    - ``dynamicBatching.enabled``: sets ``dynamic_batching`` (``max_queue_delay_microseconds``,
+      ``preferred_batch_size`` -- replaced by the spec's list, cleared when the spec has none)
+      or removes it. A model without a batch dimension (``max_batch_size: 0``) gets none.
+    - instances: one ``instance_group`` replaces the builder's. Native layout:
+      ``KIND_GPU``, ``gpus: [0 .. gpu.count-1]``, ``count: instancesPerGpu`` (Triton's count is
+      *per listed GPU*), i.e. ``instancesPerGpu * gpu.count`` instances in all. Python layout:
+      ``KIND_CPU``, ``count: instancesPerGpu * gpu.count``.
+    - ``model_name``: renames the model (the directory it is staged into must match).
+
+    The engine's own properties (inputs, outputs, ``max_batch_size``, platform/backend) are left
+    alone. Raises ``ValueError`` for a preferred batch size above ``max_batch_size``, which
+    Triton would refuse at load time.
+    """
+    mc = _mc()
+    out = mc.ModelConfig()
+    out.CopyFrom(config)
+    if model_name is not None:
+        out.name = model_name
+
+    batching = serving.dynamic_batching
+    out.ClearField("dynamic_batching")
+    if batching.enabled and out.max_batch_size > 0:
+        preferred = list(batching.preferred_batch_sizes or [])
+        too_big = [b for b in preferred if b > out.max_batch_size]
+        if too_big:
+            raise ValueError(f"preferredBatchSizes {too_big} exceed the engine's max_batch_size "
+                             f"{out.max_batch_size}")
+        out.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_microseconds
+        out.dynamic_batching.preferred_batch_size.extend(sorted(set(preferred)))
+        # Setting a field of a sub-message marks it present; an empty one must be set explicitly
+        # so "enabled with Triton's defaults" still renders as `dynamic_batching { }`.
+        out.dynamic_batching.SetInParent()
+
+    out.ClearField("instance_group")
+    group = out.instance_group.add()
+    if layout == "native":
+        group.kind = mc.ModelInstanceGroup.KIND_GPU
+        group.count = serving.instances_per_gpu
+        group.gpus.extend(range(serving.gpu.count))
+    elif layout == "python":
+        group.kind = mc.ModelInstanceGroup.KIND_CPU
+        group.count = serving.instances_per_gpu * serving.gpu.count
+    else:
+        raise ValueError(f"unknown layout {layout!r} (native or python)")
+    return out
+
+
+def parse_config(text: str) -> "ModelConfig":
+    from google.protobuf import text_format
+
+    return text_format.Parse(text, _mc().ModelConfig())
+
+
+def render_config(config: "ModelConfig") -> str:
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(config)
+
+
+# --------------------------------------------------------------------------------------------
+# Fetching
+# --------------------------------------------------------------------------------------------
+
+
+def local_path(uri: str) -> Path | None:
+    """The local filesystem path a URI names, or ``None`` for a remote (fsspec) URI."""
+    if uri.startswith("file://"):
+        return Path(uri[len("file://"):])
+    if uri.startswith("pvc://"):
+        rest = uri[len("pvc://"):].strip("/")
+        if not rest:
+            raise StageError(f"{uri}: a pvc:// URI names a claim: pvc://<claim>/<path>")
+        return Path(os.environ.get(PVC_ROOT_ENV, DEFAULT_PVC_ROOT)) / rest
+    if "://" not in uri:
+        return Path(uri)
+    return None
+
+
+def _filesystem(uri: str):
+    try:
+        import fsspec
+    except ImportError as exc:  # pragma: no cover - depends on the image
+        raise StageError(f"{uri}: remote sources need fsspec (and s3fs for s3://)") from exc
+    options = {}
+    if uri.startswith("s3://"):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            options["client_kwargs"] = {"endpoint_url": endpoint}
+    fs, root = fsspec.core.url_to_fs(uri, **options)
+    return fs, root.rstrip("/")
+
+
+def _pick_model_dir(exists, join, root: str, model_name: str, layout: Layout) -> tuple[str, bool]:
+    """``(path, is_model_dir)``: the model directory, or the repository to take the one model of.
+
+    Looks in ``<root>/<layout dir>/`` (a build output) first, then in ``<root>`` itself, for
+    ``<model_name>/config.pbtxt`` or ``config.pbtxt``.
+    """
+    layout_root = join(root, LAYOUT_DIRS[layout])
+    if not exists(layout_root) and exists(join(root, "report.json")):
+        raise StageError(f"the build output at {root} has no {LAYOUT_DIRS[layout]}/ "
+                         f"(no {layout} layout for this engine)")
+    candidates = [layout_root, root] if exists(layout_root) else [root]
+    for base in candidates:
+        if exists(join(base, model_name, "config.pbtxt")):
+            return join(base, model_name), True
+        if exists(join(base, "config.pbtxt")):
+            return base, True
+    return candidates[0], False
+
+
+def fetch_model_dir(uri: str, model_name: str, layout: Layout, workdir: Path) -> Path:
+    """A local directory holding the model (config.pbtxt, versions, warmup), fetched if remote.
+
+    When the source is a repository holding exactly one model under another name (a build
+    output names its model after the build), that model is taken and renamed later.
+    """
+    path = local_path(uri)
+    if path is not None:
+        if not path.exists():
+            raise StageError(f"{uri}: {path} does not exist")
+        return _resolve_local(path, model_name, layout)
+    fs, root = _filesystem(uri)
+    if not fs.exists(root):
+        raise StageError(f"{uri}: not found")
+
+    def join(*parts: str) -> str:
+        return "/".join(p.strip("/") if i else p.rstrip("/") for i, p in enumerate(parts))
+
+    base, is_model = _pick_model_dir(fs.exists, join, root, model_name, layout)
+    if not is_model:
+        models = [p for p in fs.ls(base, detail=False) if fs.exists(join(p, "config.pbtxt"))]
+        if len(models) != 1:
+            raise StageError(f"{uri}: expected exactly one model under {base}, found {len(models)}")
+        base = models[0]
+    local = workdir / "fetched"
+    fs.get(base.rstrip("/") + "/", str(local) + "/", recursive=True)
+    return local
+
+
+def _resolve_local(path: Path, model_name: str, layout: Layout) -> Path:
+    base, is_model = _pick_model_dir(lambda p: Path(p).exists(), os.path.join, str(path),
+                                     model_name, layout)
+    if is_model:
+        return Path(base)
+    models = [p for p in sorted(Path(base).iterdir()) if (p / "config.pbtxt").is_file()]
+    if len(models) != 1:
+        raise StageError(f"{path}: expected exactly one model under {base}, found {len(models)}")
+    return models[0]
+
+
+# --------------------------------------------------------------------------------------------
+# The whole step
+# --------------------------------------------------------------------------------------------
+
+
+def stage_repository(uri: str, dest: str | os.PathLike[str], model_name: str,
+                     serving: Serving | None = None, layout: Layout = "native") -> Path:
+    """Copy the model from ``uri`` to ``dest/<model_name>/`` and apply ``serving`` to its config.
+
+    Re-running (an init container restarts) replaces the previous copy; the new one is written
+    next to it and renamed into place, so Triton never sees a half-copied model.
+    """
+    if layout not in LAYOUT_DIRS:
+        raise StageError(f"unknown layout {layout!r} (native or python)")
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".stage-", dir=dest) as tmp:
+        work = Path(tmp)
+        source = fetch_model_dir(uri, model_name, layout, work)
+        staged = work / model_name
+        if source.resolve() != staged.resolve():
+            shutil.copytree(source, staged, symlinks=False)
+        config_path = staged / "config.pbtxt"
+        try:
+            config = parse_config(config_path.read_text())
+        except Exception as exc:  # text_format.ParseError and friends
+            raise StageError(f"{uri}: config.pbtxt does not parse as a Triton ModelConfig: {exc}") from exc
+        try:
+            config = apply_serving(config, serving or Serving(), layout=layout, model_name=model_name)
+        except ValueError as exc:
+            raise StageError(str(exc)) from exc
+        config_path.write_text(render_config(config))
+        final = dest / model_name
+        old = work / ".previous"
+        if final.exists():
+            final.rename(old)
+        staged.rename(final)
+    return final
