@@ -1,0 +1,111 @@
+"""Latency and throughput over a batch sweep, measured until the numbers are stable.
+
+Method (from Triton Model Navigator's profiler): at each batch size, warm up, then run timed
+windows of back-to-back inferences; stop once three consecutive windows agree within 10%
+(relative spread of their throughputs), or at a repeat cap. p50/p99 come from the per-call
+latencies of those last three windows; throughput is their mean. Inputs are converted to the
+runtime's buffers before timing, for baseline and candidates alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from optimodel.api.report import LatencyStats, PerformanceProfile
+from optimodel.builder.runners import Runner
+from optimodel.builder.samples import SampleSet
+
+log = logging.getLogger("optimodel.builder")
+
+STABLE_WINDOWS = 3
+TOLERANCE = 0.10
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    window_s: float = 1.0
+    warmup_calls: int = 3
+    max_repeats: int = 10
+    min_calls_per_window: int = 3
+
+    @classmethod
+    def quick(cls) -> "BenchConfig":
+        return cls(window_s=0.25, warmup_calls=1, max_repeats=5, min_calls_per_window=2)
+
+
+def default_sweep(max_batch: int) -> list[int]:
+    """1, 8 and 32 capped at the engine's maximum batch (CPU-friendly; --batch-sizes overrides)."""
+    return sorted({1, min(8, max_batch), min(32, max_batch)})
+
+
+def headline_batch(sweep: list[int]) -> int:
+    """The batch size quoted in the summary: the largest at most 8, else the smallest."""
+    small = [b for b in sweep if b <= 8]
+    return max(small) if small else min(sweep)
+
+
+def measure_batch(runner: Runner, samples: SampleSet, batch: int, cfg: BenchConfig) -> LatencyStats:
+    prepared = runner.prepare(samples.batch(batch))
+    for _ in range(cfg.warmup_calls):
+        runner.run_prepared(prepared)
+    # Size the window from one timed call so each window is about window_s long.
+    t0 = time.perf_counter()
+    runner.run_prepared(prepared)
+    one = max(time.perf_counter() - t0, 1e-6)
+    calls = max(cfg.min_calls_per_window, int(cfg.window_s / one))
+    windows: list[tuple[float, list[float]]] = []
+    while True:
+        lat = []
+        start = time.perf_counter()
+        for _ in range(calls):
+            c0 = time.perf_counter()
+            runner.run_prepared(prepared)
+            lat.append(time.perf_counter() - c0)
+        elapsed = time.perf_counter() - start
+        windows.append((batch * calls / elapsed, lat))
+        if len(windows) >= STABLE_WINDOWS:
+            last = [w[0] for w in windows[-STABLE_WINDOWS:]]
+            if (max(last) - min(last)) / max(last) <= TOLERANCE or len(windows) >= cfg.max_repeats:
+                break
+    last = windows[-STABLE_WINDOWS:]
+    if (max(w[0] for w in last) - min(w[0] for w in last)) / max(w[0] for w in last) > TOLERANCE:
+        log.warning("%s batch %d: throughput did not stabilise within %d windows",
+                    runner.runtime, batch, cfg.max_repeats)
+    lat_ms = np.array([x for w in last for x in w[1]]) * 1000.0
+    return LatencyStats(
+        batch_size=batch,
+        p50_ms=round(float(np.percentile(lat_ms, 50)), 3),
+        p99_ms=round(float(np.percentile(lat_ms, 99)), 3),
+        throughput=round(float(np.mean([w[0] for w in last])), 2),
+        repeats=len(windows),
+    )
+
+
+def profile(runner: Runner, samples: SampleSet, sweep: list[int], headline: int,
+            cfg: BenchConfig) -> PerformanceProfile:
+    """The full sweep for one runner (baseline or candidate)."""
+    stats = []
+    for batch in sweep:
+        s = measure_batch(runner, samples, batch, cfg)
+        log.info("  %-34s batch %3d: %8.1f/s  p50 %7.2f ms  p99 %7.2f ms  (%d windows)",
+                 runner.runtime, batch, s.throughput, s.p50_ms, s.p99_ms, s.repeats)
+        stats.append(s)
+    head = next(s for s in stats if s.batch_size == headline)
+    return PerformanceProfile(runtime=runner.runtime, device=runner.device, sweep=stats, headline=head)
+
+
+def preferred_batch_sizes(perf: PerformanceProfile) -> list[int]:
+    """Batch sizes for Triton's dynamic batcher: the knee of the measured throughput curve.
+
+    The smallest batch that reaches 90% of the best measured throughput (if above 1): waiting
+    for larger batches buys little throughput and costs queueing latency.
+    """
+    best = max(s.throughput for s in perf.sweep)
+    for s in sorted(perf.sweep, key=lambda s: s.batch_size):
+        if s.throughput >= 0.9 * best:
+            return [s.batch_size] if s.batch_size > 1 else []
+    return []

@@ -1,0 +1,582 @@
+"""The build pipeline: fetch -> load -> prune -> export -> candidates -> compile -> verify ->
+benchmark -> select -> write.
+
+Each step runs through ``StepRunner`` (typed OK / FAIL / SKIPPED result, timing, progress log).
+Candidate-level problems (a precision the runtime cannot run, a graph TensorRT cannot parse)
+mark that candidate FAIL or SKIPPED and the build goes on; build-level problems raise
+``BuildError`` with the contract reason. Nothing is written to the output location until every
+step has passed: the repository and report are staged under the work directory and published
+in one move at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from optimodel.api.key import BUILDER_VERSION, build_key
+from optimodel.api.report import BuildReport, Candidate, EngineInfo, PerformanceProfile
+from optimodel.api.spec import BuildSpec
+from optimodel.builder import benchmark, compress, hardware, samples, sources, triton_repo, verify
+from optimodel.builder.errors import BuildError, wrap
+from optimodel.builder.loader import LoadedModel, load
+from optimodel.builder.runners import OrtRunner, Runner, TorchRunner, ort_error_reason
+from optimodel.builder.steps import Skip, StepRunner
+
+log = logging.getLogger("optimodel.builder")
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
+TIE = 0.05  # throughputs within 5% of the fastest count as equal; accuracy breaks the tie
+
+
+@dataclass
+class BuildOptions:
+    spec: BuildSpec
+    output: str
+    work_dir: Path
+    model_name: str = "model"
+    batch_sizes: list[int] | None = None
+    quick: bool = False
+    threads: int = field(default_factory=hardware.cpu_threads)
+
+
+@dataclass
+class Variant:
+    """One candidate in flight: its report entry plus the files and runner behind it."""
+
+    candidate: Candidate
+    graph: Path | None = None  # the candidate's ONNX graph
+    artifact: Path | None = None  # what ships: the same ONNX graph, or a TensorRT plan
+    runner: Runner | None = None
+    outputs: dict[str, np.ndarray] | None = None
+
+
+def _fail(variant: Variant, reason: str) -> None:
+    variant.candidate.status = "FAIL"
+    variant.candidate.reason = reason[:500]
+    variant.runner = None
+    log.warning("candidate %s: FAIL (%s)", variant.candidate.name, reason[:300])
+
+
+def _skip(variant: Variant, reason: str) -> None:
+    variant.candidate.status = "SKIPPED"
+    variant.candidate.reason = reason
+    log.info("candidate %s: SKIPPED (%s)", variant.candidate.name, reason)
+
+
+class Build:
+    """One build. ``run()`` returns the succeeded report or raises ``BuildError``; either way
+    ``report()`` describes what happened (steps, candidates, warnings) for the summary."""
+
+    def __init__(self, opts: BuildOptions) -> None:
+        self.opts = opts
+        self.spec = opts.spec
+        self.opt = opts.spec.optimization
+        self.key = build_key(opts.spec)
+        self.steps = StepRunner()
+        self.warnings: list[str] = []
+        self.variants: list[Variant] = []
+        self.baseline: PerformanceProfile | None = None
+        self.calibration_source = "none"
+        self.work = opts.work_dir
+        self.target = "onnxruntime"
+        self.device = "cpu"
+        self.selected: Variant | None = None
+        self.source_runner: Runner | None = None
+        self.sparse = False  # 2:4-pruned: TensorRT may use sparse tensor cores
+        self.reference: dict[str, np.ndarray] = {}
+
+    # ------------------------------------------------------------------ report
+
+    def report(self, error: BuildError | None = None) -> BuildReport:
+        sel = self.selected
+        speedup = sel.candidate.speedup if sel else None
+        versions = hardware.versions()
+        versions["cpu"] = hardware.cpu_name()
+        versions["threads"] = str(self.opts.threads)
+        return BuildReport(
+            builder_version=BUILDER_VERSION, build_key=self.key, succeeded=error is None,
+            reason=error.reason if error else None, message=error.message if error else None,
+            engine=self._engine_info() if sel and error is None else None,
+            baseline=self.baseline, candidates=[v.candidate for v in self.variants],
+            selected=sel.candidate.name if sel else None, speedup=speedup,
+            accuracy=sel.candidate.accuracy if sel else None,
+            calibration_source=self.calibration_source, versions=versions,
+            steps=self.steps.timings, warnings=self.warnings,
+        )
+
+    def _engine_info(self) -> EngineInfo:
+        sel = self.selected
+        assert sel and sel.artifact
+        gpu = hardware.gpu() if self.device.startswith("cuda") else None
+        if self.target == "tensorrt":
+            from optimodel.builder.tensorrt_engine import version
+
+            runtime, platform = f"tensorrt {version()}", "tensorrt_plan"
+        else:
+            import onnxruntime
+
+            runtime, platform = f"onnxruntime {onnxruntime.__version__}", "onnxruntime_onnx"
+        return EngineInfo(
+            key=self.key, uri=f"{self.opts.output.rstrip('/')}/repository/{self.opts.model_name}",
+            model_name=self.opts.model_name, precision=sel.candidate.precision, target=self.target,
+            platform=platform, gpu_product=gpu.product.replace(" ", "-") if gpu else None,
+            compute_capability=gpu.compute_capability if gpu else None,
+            runtime_version=runtime, size_bytes=sel.artifact.stat().st_size,
+        )
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> BuildReport:
+        if self._torch_importable():
+            hardware.set_torch_threads(self.opts.threads)  # baseline and ORT get equal threads
+        self.steps.run("resolve-target", self._resolve_target, lambda t: t)
+        source = self.steps.run("fetch", self._fetch, lambda p: str(p)).value
+        model: LoadedModel = self.steps.run("load", lambda: self._load(source), self._describe_model).value
+        calib = self.steps.run("calibration-data", lambda: self._calibration(model), self._describe_feeds).value
+        held_out = self.steps.run("held-out-samples", lambda: self._held_out(model, calib),
+                                  lambda s: f"{s.count} samples ({s.source})").value
+        baseline = self.steps.run("reference", lambda: self._reference(model, held_out),
+                                  lambda r: r.runtime).value
+        self.steps.run("prune", lambda: self._prune(model), lambda detail: detail)
+        exported = self.steps.run("export-onnx", lambda: self._export(model, held_out))
+        graph = exported.value if exported.ok else model.onnx_path
+        assert graph is not None
+        self.steps.run("candidates", lambda: self._candidates(model, graph, calib), self._describe_variants)
+        self.steps.run("compile", lambda: self._compile(model), self._describe_variants)
+        self.steps.run("verify", lambda: self._verify(model, held_out), self._describe_accuracy)
+        sweep, headline = self._sweep()
+        self.steps.run("benchmark", lambda: self._benchmark(baseline, held_out, sweep, headline),
+                       lambda _: f"batch sizes {sweep}, headline batch {headline}")
+        self.steps.run("select", self._select, lambda v: v.candidate.name)
+        self.steps.run("write", lambda: self._write(model, held_out), lambda _: self.opts.output)
+        return self.report()
+
+    @staticmethod
+    def _torch_importable() -> bool:
+        import importlib.util
+
+        return importlib.util.find_spec("torch") is not None
+
+    # ------------------------------------------------------------------ steps
+
+    def _resolve_target(self) -> str:
+        opt = self.opt
+        if opt.precision in ("int8", "fp8") and not (
+            opt.calibration and (opt.calibration.uri or opt.calibration.synthetic)
+        ):
+            raise BuildError("InvalidSpec", "precision int8 and fp8 need calibration.uri, or "
+                             "calibration.synthetic: true to opt in to random calibration data")
+        if opt.precision == "fp8" and opt.target == "onnxruntime":
+            raise BuildError("InvalidSpec", "precision fp8 needs target tensorrt or auto "
+                             "(ONNX Runtime has no FP8 kernels)")
+        if opt.max_batch_size < 1:
+            raise BuildError("InvalidSpec", "maxBatchSize must be at least 1")
+        self._sweep()  # a bad --batch-sizes fails now, not after the expensive steps
+        why_not_trt = hardware.tensorrt_available()
+        if opt.target == "tensorrt" and why_not_trt:
+            raise BuildError("CompileFailed", f"target tensorrt, but {why_not_trt}")
+        self.target = "tensorrt" if opt.target == "tensorrt" or (opt.target == "auto" and not why_not_trt) \
+            else "onnxruntime"
+        if self.target == "tensorrt":
+            self.device = "cuda"
+        elif hardware.gpu() is not None and self._ort_has_cuda():
+            self.device = "cuda"
+        if self.target == "onnxruntime" and opt.target == "auto" and why_not_trt:
+            log.info("target auto -> onnxruntime: %s", why_not_trt)
+        gpu = hardware.gpu()
+        if self.spec.gpu_product and gpu and gpu.product.replace(" ", "-") != self.spec.gpu_product:
+            self.warnings.append(f"spec targets GPU {self.spec.gpu_product}, but the builder runs on "
+                                 f"{gpu.product}: the engine is tuned for the builder's GPU")
+        if self.spec.gpu_product and not self.device.startswith("cuda"):
+            self.warnings.append(f"spec targets GPU {self.spec.gpu_product}, but this builder has no "
+                                 "usable GPU runtime: the engine is an ONNX Runtime CPU engine, "
+                                 "measured on this CPU")
+        return f"{self.target} on {self._device_label()}"
+
+    @staticmethod
+    def _ort_has_cuda() -> bool:
+        import onnxruntime
+
+        return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+    def _device_label(self) -> str:
+        if self.device.startswith("cuda"):
+            gpu = hardware.gpu()
+            return f"cuda ({gpu.product}, sm {gpu.compute_capability})" if gpu else "cuda"
+        return f"cpu ({hardware.cpu_name()}, {self.opts.threads} threads)"
+
+    def _fetch(self) -> Path:
+        return sources.fetch(self.spec.model.uri, self.work / "source")
+
+    def _load(self, path: Path) -> LoadedModel:
+        model = load(self.spec.model, path, self.work)
+        self.warnings.extend(model.warnings)
+        if model.format == "onnx":
+            # The source graph as users run it under ONNX Runtime: also proves it is runnable.
+            try:
+                runner = OrtRunner(model.onnx_path, self.opts.threads, self._providers(), self._device_label())
+            except Exception as exc:
+                raise wrap(ort_error_reason(exc), f"ONNX Runtime cannot load the model: {str(exc)[:600]}",
+                           exc) from exc
+            self.source_runner = runner  # the baseline and reference for ONNX input
+        return model
+
+    def _describe_model(self, m: LoadedModel) -> str:
+        ins = ", ".join(f"{i.name}:{i.dtype}{list(i.shape)}" for i in m.inputs)
+        outs = ", ".join(f"{o.name}:{o.dtype}{list(o.shape)}" for o in m.outputs)
+        seq = f", seq {m.seq_len}" if m.seq_len else ""
+        return f"{m.format}: inputs {ins}; outputs {outs}{seq}"
+
+    def _calibration(self, model: LoadedModel):
+        cal = self.opt.calibration
+        if cal is None:
+            raise Skip("no calibration data in the spec (dynamic INT8 needs none)")
+        count = min(cal.samples, 64) if self.opts.quick else cal.samples
+        if cal.uri:
+            feeds = samples.load_calibration(cal.uri, self.work / "calibration", model, count)
+            self.calibration_source = "uri"
+            return feeds
+        self.calibration_source = "synthetic"
+        what = ("the built-in generic English sentences (not your data)" if model.is_text
+                else "seeded random inputs")
+        self.warnings.append(f"calibration.synthetic: INT8/FP8 scales come from {what}; give "
+                             "calibration.uri with real samples for reliable scales")
+        return samples.synthetic_calibration(model, count)
+
+    @staticmethod
+    def _describe_feeds(feeds) -> str:
+        n = len(next(iter(feeds.values())))
+        return f"{n} samples"
+
+    def _held_out(self, model: LoadedModel, calib) -> samples.SampleSet:
+        from_uri = calib if self.calibration_source == "uri" else None
+        held, warnings = samples.held_out(model, from_uri, self.opts.quick)
+        self.warnings.extend(warnings)
+        return held
+
+    def _reference(self, model: LoadedModel, held: samples.SampleSet) -> Runner:
+        if model.format == "onnx":
+            runner = self.source_runner
+        else:
+            runner = TorchRunner(model.module, [i.name for i in model.inputs],
+                                 [o.name for o in model.outputs], self._device_label())
+        try:
+            self.reference = self._run_all(runner, held)
+        except BuildError:
+            raise
+        except Exception as exc:
+            reason = ort_error_reason(exc) if model.format == "onnx" else "ModelLoadFailed"
+            raise wrap(reason, f"the source model fails on the held-out samples: "
+                             f"{type(exc).__name__}: {str(exc)[:500]}", exc) from exc
+        return runner
+
+    def _run_all(self, runner: Runner, held: samples.SampleSet, chunk: int | None = None) -> dict[str, np.ndarray]:
+        """Outputs over every held-out sample, in chunks the engine's batch limit allows."""
+        chunk = chunk or max(1, min(self.opt.max_batch_size, 16))
+        parts: dict[str, list[np.ndarray]] = {}
+        for start in range(0, held.count, chunk):
+            feeds = {k: v[start:start + chunk] for k, v in held.feeds.items()}
+            for name, arr in runner(feeds).items():
+                parts.setdefault(name, []).append(np.asarray(arr))
+        return {k: np.concatenate(v) for k, v in parts.items()}
+
+    def _prune(self, model: LoadedModel) -> str:
+        sparsity = self.opt.sparsity
+        if sparsity is None:
+            raise Skip("no sparsity requested")
+        if model.export_module is None:
+            self.warnings.append("sparsity was requested, but ONNX input cannot be pruned (pruning "
+                                 "works on the PyTorch model before export): built dense")
+            raise Skip("ONNX input cannot be pruned")
+        from optimodel.builder.prune import prune
+
+        detail = prune(model.export_module, sparsity)
+        self.sparse = sparsity.pattern == "2:4"
+        return detail
+
+    def _export(self, model: LoadedModel, held: samples.SampleSet) -> Path:
+        if model.format == "onnx":
+            raise Skip("the source is already ONNX")
+        from optimodel.builder.export import export_onnx
+
+        out = self.work / "export"
+        out.mkdir(parents=True, exist_ok=True)
+        return export_onnx(model, held.batch(2), out / "model.onnx")
+
+    # ------------------------------------------------------------------ candidates
+
+    def _plan(self) -> list[tuple[str, str]]:
+        """(candidate name, precision) pairs for the target, in the spec's precision scope."""
+        if self.target == "tensorrt":
+            plan = [("tensorrt-fp32", "fp32"), ("tensorrt-fp16", "fp16"), ("tensorrt-bf16", "bf16"),
+                    ("tensorrt-int8-qdq", "int8"), ("tensorrt-fp8-qdq", "fp8")]
+        else:
+            plan = [("onnxruntime-fp32", "fp32"), ("onnxruntime-fp16", "fp16"),
+                    ("onnxruntime-bf16", "bf16"), ("onnxruntime-int8-dynamic", "int8"),
+                    ("onnxruntime-int8-dynamic-mixed", "int8"), ("onnxruntime-int8-smoothquant", "int8"),
+                    ("onnxruntime-int8-qdq", "int8"), ("onnxruntime-fp8", "fp8")]
+        if self.opt.precision != "auto":
+            plan = [p for p in plan if p[1] == self.opt.precision]
+        return plan
+
+    def _candidates(self, model: LoadedModel, graph: Path, calib) -> list[Variant]:
+        out = self.work / "candidates"
+        out.mkdir(parents=True, exist_ok=True)
+        base = graph
+        fusion_note = None
+        if self.target == "onnxruntime" and model.transformer:
+            base, stats = compress.fuse_transformer(graph, out / "fused-fp32.onnx", model.transformer,
+                                                    use_gpu=self.device.startswith("cuda"))
+            fusion_note = ("transformer fusion: " + ", ".join(f"{k} x{v}" for k, v in sorted(stats.items()))
+                           if stats else "transformer fusion found nothing to fuse")
+        cal_feeds = samples.calibration_tensors_for(calib, model) if calib is not None else None
+        auto = self.opt.precision == "auto"
+        on_cpu = not self.device.startswith("cuda")
+        for name, precision in self._plan():
+            variant = Variant(Candidate(name=name, precision=precision, target=self.target, status="OK"))
+            self.variants.append(variant)
+            path = out / f"{name}.onnx"
+            try:
+                if precision == "fp32":
+                    variant.graph = base
+                    variant.candidate.reason = fusion_note
+                elif precision == "fp16":
+                    if self.target == "onnxruntime" and on_cpu and auto:
+                        raise Skip("ONNX Runtime's CPU provider has almost no FP16 kernels: the graph "
+                                   "would run as casts around FP32 kernels (ask for precision fp16 to "
+                                   "build it anyway)")
+                    variant.graph = compress.to_fp16(base, path)
+                elif precision == "bf16":
+                    if self.target == "onnxruntime" and auto:
+                        raise Skip("ONNX Runtime has BF16 kernels for few ops (ask for precision bf16 "
+                                   "to try anyway)")
+                    gpu = hardware.gpu()
+                    if self.target == "tensorrt" and gpu and float(gpu.compute_capability) < 8.0:
+                        raise Skip(f"BF16 needs compute capability 8.0+, this GPU is {gpu.compute_capability}")
+                    variant.graph = compress.to_bf16(base, path)
+                elif name.startswith("onnxruntime-int8-") and name != "onnxruntime-int8-qdq":
+                    if not on_cpu:
+                        raise Skip("dynamic INT8 kernels are CPU-only in ONNX Runtime")
+                    variant.graph = self._dynamic_int8(name, base, path, cal_feeds)
+                elif precision == "int8":
+                    if cal_feeds is None:
+                        raise Skip("static INT8 (Q/DQ) needs calibration data: calibration.uri, or "
+                                   "calibration.synthetic: true")
+                    variant.graph = compress.quantize_int8_static(
+                        graph if self.target == "tensorrt" else base, path, cal_feeds,
+                        for_tensorrt=self.target == "tensorrt")
+                elif precision == "fp8":
+                    if self.target != "tensorrt":
+                        raise Skip("ONNX Runtime has no FP8 kernels: FP8 needs TensorRT on a GPU")
+                    gpu = hardware.gpu()
+                    if gpu and float(gpu.compute_capability) < 8.9:
+                        raise Skip(f"FP8 needs compute capability 8.9+ (Ada/Hopper), this GPU is "
+                                   f"{gpu.compute_capability}")
+                    if cal_feeds is None:
+                        raise Skip("FP8 (Q/DQ) needs calibration data")
+                    variant.graph = compress.quantize_fp8(graph, path, cal_feeds)
+            except Skip as skip:
+                _skip(variant, str(skip))
+            except BuildError as exc:
+                if exc.reason == "CalibrationFailed" and not auto:
+                    raise
+                _fail(variant, exc.message)
+            except Exception as exc:
+                _fail(variant, f"{type(exc).__name__}: {exc}")
+        return self.variants
+
+    def _dynamic_int8(self, name: str, base: Path, path: Path, cal_feeds) -> Path:
+        """The three dynamic-INT8 flavours: everything, FFN down-projections in FP32, smoothed."""
+        targets = compress.dynamic_int8_targets(base)
+        if not targets:
+            raise Skip("no MatMul with constant weights to quantize dynamically (convolutions "
+                       "need static INT8 with calibration data)")
+        if name == "onnxruntime-int8-dynamic":
+            return compress.quantize_int8_dynamic(base, path)
+        if name == "onnxruntime-int8-dynamic-mixed":
+            keep = compress.activation_fed_matmuls(base)
+            if not keep or not set(targets) - set(keep):
+                raise Skip("no activation-fed matrix products (FFN down-projections) to keep in FP32 "
+                           "while quantizing the rest")
+            self._note(name, f"{len(keep)} FFN down-projections kept in FP32")
+            return compress.quantize_int8_dynamic(base, path, exclude=keep)
+        if cal_feeds is None:
+            raise Skip("SmoothQuant needs calibration data for its activation ranges: calibration.uri, "
+                       "or calibration.synthetic: true")
+        smoothed, count = compress.smooth_norm_inputs(base, path.with_suffix(".smooth.onnx"), cal_feeds,
+                                                      self.opts.threads)
+        self._note(name, f"{count} LayerNorm-fed matrix products smoothed (alpha 0.5)")
+        return compress.quantize_int8_dynamic(smoothed, path)
+
+    def _note(self, name: str, text: str) -> None:
+        for v in self.variants:
+            if v.candidate.name == name:
+                v.candidate.reason = text
+
+    def _describe_variants(self, variants: list[Variant]) -> str:
+        return ", ".join(f"{v.candidate.name}={v.candidate.status}" for v in variants)
+
+    def _providers(self) -> list[str]:
+        if self.device.startswith("cuda") and self.target == "onnxruntime":
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return ["CPUExecutionProvider"]
+
+    def _compile(self, model: LoadedModel) -> list[Variant]:
+        for variant in self.variants:
+            if variant.candidate.status != "OK":
+                continue
+            assert variant.graph is not None
+            try:
+                if self.target == "tensorrt":
+                    self._compile_tensorrt(model, variant)
+                else:
+                    variant.runner = OrtRunner(variant.graph, self.opts.threads, self._providers(),
+                                               self._device_label())
+                    variant.artifact = variant.graph
+                variant.candidate.size_bytes = variant.artifact.stat().st_size
+            except BuildError as exc:
+                _fail(variant, str(exc))
+            except Exception as exc:
+                _fail(variant, f"{type(exc).__name__}: {str(exc)[:400]}")
+        if not any(v.candidate.status == "OK" for v in self.variants):
+            detail = "; ".join(f"{v.candidate.name}: {v.candidate.status} ({v.candidate.reason})"
+                               for v in self.variants) or "no candidate applies"
+            reason = "OutOfMemory" if "out of memory" in detail.lower() else "CompileFailed"
+            raise BuildError(reason, f"no candidate could be built for precision "
+                             f"{self.opt.precision} on {self.target}: {detail}")
+        return self.variants
+
+    def _compile_tensorrt(self, model: LoadedModel, variant: Variant) -> None:
+        from optimodel.builder.tensorrt_engine import TrtRunner, build_engine
+
+        _, headline = self._sweep()
+        plan = self.work / "candidates" / f"{variant.candidate.name}.plan"
+        build_engine(variant.graph, plan, model.inputs, max_batch=self.opt.max_batch_size,
+                     opt_batch=headline, seq_len=model.seq_len, max_seq_len=model.max_seq_len,
+                     timing_cache=self.work / "timing.cache",
+                     hardware_compatibility=self.opt.hardware_compatibility,
+                     sparse_weights=self.sparse)
+        variant.artifact = plan
+        variant.runner = TrtRunner(plan, self._device_label())
+
+    def _verify(self, model: LoadedModel, held: samples.SampleSet) -> list[Variant]:
+        gate = self.opt.accuracy
+        for variant in self.variants:
+            if variant.candidate.status != "OK":
+                continue
+            # Each sample alone and in batches: Triton's dynamic batcher forms any batch, and some
+            # engines (dynamic INT8: activation ranges measured per batch) answer differently
+            # per batch composition. The gate holds for the worst of them.
+            try:
+                results = [verify.compare(self.reference, self._run_all(variant.runner, held, chunk),
+                                          model.primary_outputs, gate.metric, gate.threshold)
+                           for chunk in (1, None)]
+            except Exception as exc:
+                _fail(variant, f"fails on the held-out samples: {type(exc).__name__}: {str(exc)[:300]}")
+                continue
+            result = verify.worst(results, gate.metric)
+            variant.candidate.accuracy = result
+            log.info("candidate %s: %s %.6f (threshold %s) -> %s", variant.candidate.name, result.metric,
+                     result.value, result.threshold, "pass" if result.passed else "FAIL")
+        verified = [v for v in self.variants if v.candidate.accuracy is not None]
+        if not any(v.candidate.accuracy.passed for v in verified):
+            detail = ", ".join(f"{v.candidate.name} {v.candidate.accuracy.value:.6g}" for v in verified)
+            raise BuildError("AccuracyGateFailed", f"no candidate passes the accuracy gate "
+                             f"({gate.metric} {'<=' if gate.metric in verify.LOWER_IS_BETTER else '>='} "
+                             f"{gate.threshold} on {held.count} held-out samples): {detail}")
+        return self.variants
+
+    def _describe_accuracy(self, variants: list[Variant]) -> str:
+        return ", ".join(f"{v.candidate.name} {v.candidate.accuracy.value:.4f}"
+                         f"{'' if v.candidate.accuracy.passed else ' (fail)'}"
+                         for v in variants if v.candidate.accuracy is not None)
+
+    # ------------------------------------------------------------------ benchmark / select
+
+    def _sweep(self) -> tuple[list[int], int]:
+        max_batch = self.opt.max_batch_size
+        if self.opts.batch_sizes:
+            too_big = [b for b in self.opts.batch_sizes if b > max_batch or b < 1]
+            if too_big:
+                raise BuildError("InvalidSpec", f"--batch-sizes {too_big} outside 1..maxBatchSize ({max_batch})")
+            sweep = sorted(set(self.opts.batch_sizes))
+        else:
+            sweep = benchmark.default_sweep(max_batch)
+        return sweep, benchmark.headline_batch(sweep)
+
+    def _benchmark(self, baseline: Runner, held: samples.SampleSet, sweep: list[int], headline: int) -> None:
+        cfg = benchmark.BenchConfig.quick() if self.opts.quick else benchmark.BenchConfig()
+        log.info("benchmark: baseline %s", baseline.runtime)
+        self.baseline = benchmark.profile(baseline, held, sweep, headline, cfg)
+        for variant in self.variants:
+            acc = variant.candidate.accuracy
+            if variant.candidate.status != "OK" or acc is None:
+                continue
+            # Candidates that failed the gate are timed at the headline batch only, for the record.
+            log.info("benchmark: %s", variant.candidate.name)
+            perf = benchmark.profile(variant.runner, held, sweep if acc.passed else [headline], headline, cfg)
+            variant.candidate.performance = perf
+        # Re-time the baseline's headline batch after the candidates and keep the better of the
+        # two: load that varied during the run must not inflate the speedup.
+        again = benchmark.measure_batch(baseline, held, headline, cfg)
+        if again.throughput > self.baseline.headline.throughput:
+            log.info("  baseline re-measured faster (%.1f/s > %.1f/s): using it", again.throughput,
+                     self.baseline.headline.throughput)
+            self.baseline.sweep = [again if s.batch_size == headline else s for s in self.baseline.sweep]
+            self.baseline.headline = again
+        base = self.baseline.headline.throughput
+        for variant in self.variants:
+            perf = variant.candidate.performance
+            if perf is not None:
+                variant.candidate.speedup = round(perf.headline.throughput / base, 3) if base else None
+
+    def _select(self) -> Variant:
+        """The fastest passing candidate. Throughputs within ``TIE`` of the fastest are
+        measurement noise (the benchmark's stability bar is 10%), so among those the most
+        accurate one wins rather than a coin toss of the last timing window."""
+        passing = [v for v in self.variants if v.candidate.status == "OK" and v.candidate.accuracy
+                   and v.candidate.accuracy.passed and v.candidate.performance]
+        if not passing:  # verify() already guarantees one; keep the invariant explicit
+            raise BuildError("AccuracyGateFailed", "no candidate passes the accuracy gate")
+        fastest = max(v.candidate.performance.headline.throughput for v in passing)
+        ties = [v for v in passing if v.candidate.performance.headline.throughput >= (1 - TIE) * fastest]
+        lower = self.opt.accuracy.metric in verify.LOWER_IS_BETTER
+        best = min(ties, key=lambda v: v.candidate.accuracy.value) if lower else \
+            max(ties, key=lambda v: v.candidate.accuracy.value)
+        self.selected = best
+        best_tp = best.candidate.performance.headline.throughput
+        faster_failed = [v.candidate.name for v in self.variants if v.candidate.performance and v is not best
+                         and not v.candidate.accuracy.passed
+                         and v.candidate.performance.headline.throughput > best_tp]
+        if faster_failed:
+            self.warnings.append(f"faster candidates failed the accuracy gate and were not selected: "
+                                 f"{', '.join(faster_failed)}")
+        return best
+
+    # ------------------------------------------------------------------ write
+
+    def _write(self, model: LoadedModel, held: samples.SampleSet) -> None:
+        sel = self.selected
+        assert sel and sel.artifact and sel.candidate.performance
+        stage = self.work / "stage"
+        if stage.exists():
+            shutil.rmtree(stage)
+        stage.mkdir(parents=True)
+        spec = triton_repo.RepositorySpec(
+            name=self.opts.model_name, inputs=model.inputs, outputs=model.outputs,
+            max_batch_size=self.opt.max_batch_size, gpu=self.device.startswith("cuda"),
+            preferred_batch_sizes=benchmark.preferred_batch_sizes(sel.candidate.performance),
+            warmup=held.batch(1), cpu_threads=0,
+        )
+        if self.target == "tensorrt":
+            triton_repo.write_tensorrt(stage, spec, sel.artifact)
+        else:
+            triton_repo.write_onnxruntime(stage, spec, sel.artifact)
+        (stage / "report.json").write_text(self.report().model_dump_json(by_alias=True, indent=2,
+                                                                          exclude_none=True))
+        sources.publish(stage, self.opts.output)

@@ -1,0 +1,253 @@
+"""Sample data: held-out inputs for the accuracy gate and calibration inputs for static INT8/FP8.
+
+Rules the report depends on:
+- Held-out samples are never calibration samples. For text models the default held-out set is
+  the varied English sentences below, disjoint from the built-in calibration sentences; with a
+  calibration URI of tensors, its last part is held out and only the rest calibrates.
+- Synthetic calibration data is used only when the spec opts in (``calibration.synthetic``), and
+  the report then says so (``calibrationSource: synthetic`` plus a warning). For text models the
+  synthetic set is the built-in generic sentences (real language, but not the user's data); for
+  tensor models it is seeded random normal data.
+- Calibration tensors must match the model signature; a mismatch is ``CalibrationFailed`` naming
+  the input and the expected vs actual shape.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from optimodel.builder.errors import BuildError
+from optimodel.builder.loader import LoadedModel
+from optimodel.builder.sources import fetch
+from optimodel.builder.tensors import TensorInfo
+
+log = logging.getLogger("optimodel.builder")
+
+Feeds = dict[str, np.ndarray]
+
+HELD_OUT_SENTENCES = (
+    "The quarterly report shows revenue grew by twelve percent compared with last year.",
+    "Can you recommend a good Italian restaurant near the train station?",
+    "Photosynthesis converts light energy into chemical energy stored in glucose.",
+    "My flight was delayed by three hours because of a storm over Chicago.",
+    "The defendant pleaded not guilty to all charges on Tuesday morning.",
+    "Add two cups of flour and stir until the batter is smooth.",
+    "She finally finished her doctoral thesis on medieval Portuguese poetry.",
+    "How do I reset my password if I no longer have access to my email?",
+    "The new graphics card doubles the frame rate in most modern games.",
+    "A gentle breeze carried the scent of pine trees across the lake.",
+    "Interest rates are expected to remain unchanged until the end of the year.",
+    "The kids built a sandcastle and watched the tide wash it away.",
+    "Kubernetes schedules pods onto nodes that have enough free resources.",
+    "He apologized for the misunderstanding and offered to pay for the damage.",
+    "The museum's new exhibition features sculptures from ancient Greece.",
+    "Drinking enough water helps your body regulate its temperature.",
+    "Our team lost the final match in a penalty shootout.",
+    "Please send me the signed contract by Friday afternoon.",
+    "The volcano erupted, covering nearby villages in a thick layer of ash.",
+    "This laptop's battery lasts about ten hours on a single charge.",
+    "Migrating birds navigate using the Earth's magnetic field.",
+    "I left my umbrella on the bus this morning.",
+    "The committee approved the budget after a long and heated debate.",
+    "Quantum computers may one day break today's public-key encryption.",
+    "The cat knocked a glass of water off the kitchen table.",
+    "Symptoms of the flu include fever, cough, and muscle aches.",
+    "Our startup is hiring backend engineers with experience in distributed systems.",
+    "The orchestra performed Beethoven's Ninth Symphony to a sold-out audience.",
+    "Traffic on the highway was backed up for miles after the accident.",
+    "She planted tomatoes, basil, and peppers in her small backyard garden.",
+    "Why does the sky look blue during the day but red at sunset?",
+    "The software update fixed several security vulnerabilities in the browser.",
+)
+"""Default held-out text for text models: varied topics, lengths and registers."""
+
+CALIBRATION_SENTENCES = (
+    "The weather forecast predicts light rain for most of the weekend.",
+    "Customers can return unused items within thirty days of purchase.",
+    "The library extended its opening hours during the exam period.",
+    "A new bridge will connect the two halves of the city by next spring.",
+    "He practices the piano for an hour every evening after dinner.",
+    "The central bank raised its benchmark interest rate by a quarter point.",
+    "Our hotel room had a beautiful view of the mountains.",
+    "Machine learning models need large amounts of labelled data.",
+    "The recipe calls for fresh lemons, garlic, and olive oil.",
+    "The spacecraft entered orbit around Mars after a seven-month journey.",
+    "Remember to back up your files before installing the update.",
+    "The children's choir sang carols in the town square.",
+    "Several species of frogs are threatened by habitat loss.",
+    "The meeting has been moved to the third floor conference room.",
+    "She ran her first marathon in just under four hours.",
+    "The detective found a crucial clue hidden under the floorboards.",
+    "Solar panels on the roof now supply most of the building's electricity.",
+    "What time does the pharmacy close on Sundays?",
+    "The novel follows three generations of a family in rural Ireland.",
+    "Investors reacted nervously to the unexpected earnings warning.",
+    "The puppy chewed through the cable of my headphones.",
+    "Public transport is free for students under the age of eighteen.",
+    "The surgeon explained the risks of the operation in detail.",
+    "A sudden power outage left the whole neighbourhood in darkness.",
+    "The database query returned more rows than we expected.",
+    "They hiked to the summit and watched the sunrise over the valley.",
+    "The city council voted to ban cars from the historic centre.",
+    "Fresh bread from the bakery around the corner is the best breakfast.",
+    "The antivirus program flagged the attachment as suspicious.",
+    "Our grandparents told stories about growing up on a farm.",
+    "The tennis champion announced her retirement after twenty years.",
+    "Please keep your seatbelt fastened while the sign is illuminated.",
+)
+"""Built-in text calibration set (used only with ``calibration.synthetic``); disjoint from held-out."""
+
+MAX_TENSOR_HELD_OUT = 64
+
+
+@dataclass
+class SampleSet:
+    feeds: Feeds
+    source: str  # "builtin-sentences", "uri", "synthetic"
+
+    @property
+    def count(self) -> int:
+        return len(next(iter(self.feeds.values())))
+
+    def batch(self, size: int, offset: int = 0) -> Feeds:
+        """``size`` samples starting at ``offset``, cycling when there are fewer."""
+        idx = (np.arange(size) + offset) % self.count
+        return {k: v[idx] for k, v in self.feeds.items()}
+
+    def head(self, n: int) -> "SampleSet":
+        return SampleSet({k: v[:n] for k, v in self.feeds.items()}, self.source)
+
+
+def tokenize(model: LoadedModel, sentences: list[str] | tuple[str, ...]) -> Feeds:
+    """Sentences -> model inputs, padded to the benchmark sequence length (as served)."""
+    enc = model.tokenizer(list(sentences), padding="max_length", truncation=True,
+                          max_length=model.seq_len, return_tensors="np")
+    feeds = {}
+    for info in model.inputs:
+        if info.name in enc:
+            feeds[info.name] = np.asarray(enc[info.name]).astype(info.numpy_dtype)
+        elif info.name == "token_type_ids":
+            feeds[info.name] = np.zeros_like(enc["input_ids"], dtype=info.numpy_dtype)
+        else:
+            raise BuildError("UnsupportedModel", f"the tokenizer produces no {info.name}")
+    return feeds
+
+
+def synthetic(inputs: list[TensorInfo], n: int, seed: int, seq_len: int | None = None) -> Feeds:
+    """Seeded random inputs that respect each input's dtype and role."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for info in inputs:
+        shape = info.concrete(n, seq_len)
+        dtype = info.numpy_dtype
+        lname = info.name.lower()
+        if dtype.kind == "f":
+            feeds[info.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype.kind == "b" or "mask" in lname:
+            feeds[info.name] = np.ones(shape, dtype)
+        elif "type" in lname or "position" in lname:
+            feeds[info.name] = np.zeros(shape, dtype)
+        else:
+            feeds[info.name] = rng.integers(0, 100, size=shape).astype(dtype)
+    return feeds
+
+
+def held_out(model: LoadedModel, calibration: Feeds | None, quick: bool) -> tuple[SampleSet, list[str]]:
+    """The verification set and any warnings about it."""
+    if model.is_text:
+        # Never fewer sentences in --quick mode: it saves benchmark time, not accuracy evidence
+        # (a smaller held-out set makes a thin pass of the gate more likely to be luck).
+        return SampleSet(tokenize(model, HELD_OUT_SENTENCES), "builtin-sentences"), []
+    if calibration is not None:
+        n = len(next(iter(calibration.values())))
+        k = max(1, min(MAX_TENSOR_HELD_OUT, n // 5))
+        return SampleSet({name: v[n - k:] for name, v in calibration.items()}, "uri"), []
+    count = 16 if quick else MAX_TENSOR_HELD_OUT
+    return (SampleSet(synthetic(model.inputs, count, seed=1234), "synthetic"),
+            ["accuracy verified on seeded random inputs: give calibration.uri with real samples "
+             "to verify on real data"])
+
+
+def calibration_tensors_for(calibration: Feeds, model: LoadedModel) -> Feeds:
+    """For tensor models the tail of the calibration data is held out: calibrate on the rest."""
+    if model.is_text:
+        return calibration
+    n = len(next(iter(calibration.values())))
+    k = max(1, min(MAX_TENSOR_HELD_OUT, n // 5))
+    if n - k < 1:
+        raise BuildError("CalibrationFailed", f"calibration data has {n} sample(s): need at least 2 "
+                         "(one to calibrate, one held out for verification)")
+    return {name: v[: n - k] for name, v in calibration.items()}
+
+
+def load_calibration(uri: str, dest: Path, model: LoadedModel, samples: int) -> Feeds:
+    """Read calibration data from a URI (.npz / .safetensors tensors, or text one sample per line)."""
+    path = fetch(uri, dest, what="calibration data", missing="CalibrationFailed")
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".npz", ".safetensors", ".txt"))
+        if len(files) != 1:
+            raise BuildError("CalibrationFailed", f"calibration directory {uri} holds {len(files)} "
+                             ".npz/.safetensors/.txt files; point calibration.uri at one")
+        path = files[0]
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                tensors = {k: np.asarray(data[k]) for k in data.files}
+        elif suffix == ".safetensors":
+            from safetensors.numpy import load_file
+
+            tensors = load_file(str(path))
+        else:
+            if not model.is_text:
+                raise BuildError("CalibrationFailed", f"calibration file {path.name} is text, but the "
+                                 "model has no tokenizer: give .npz or .safetensors tensors keyed by "
+                                 f"input name ({', '.join(i.name for i in model.inputs)})")
+            lines = [s.strip() for s in path.read_text(encoding="utf-8").splitlines() if s.strip()]
+            if not lines:
+                raise BuildError("CalibrationFailed", f"calibration file {path.name} has no text lines")
+            return tokenize(model, lines[:samples])
+    except BuildError:
+        raise
+    except Exception as exc:
+        raise BuildError("CalibrationFailed", f"cannot read calibration data {path.name}: "
+                         f"{type(exc).__name__}: {exc}") from exc
+    return validate_tensors(tensors, model, samples, path.name)
+
+
+def validate_tensors(tensors: dict[str, np.ndarray], model: LoadedModel, samples: int, origin: str) -> Feeds:
+    """Check calibration tensors against the signature; name the input and both shapes on error."""
+    feeds: Feeds = {}
+    batch = None
+    for info in model.inputs:
+        if info.name not in tensors:
+            raise BuildError("CalibrationFailed", f"{origin} has no tensor for input {info.name} "
+                             f"(it has {sorted(tensors)}); key tensors by input name")
+        arr = tensors[info.name]
+        expected = ["N" if i == 0 else ("*" if d < 0 else d) for i, d in enumerate(info.shape)]
+        fixed_ok = all(d < 0 or a == d for d, a in zip(info.shape[1:], arr.shape[1:]))
+        if arr.ndim != len(info.shape) or not fixed_ok:
+            raise BuildError("CalibrationFailed", f"calibration tensor for input {info.name} has shape "
+                             f"{list(arr.shape)}, expected [{', '.join(map(str, expected))}] "
+                             "(N = number of samples)")
+        if batch is not None and arr.shape[0] != batch:
+            raise BuildError("CalibrationFailed", f"calibration tensor for input {info.name} has "
+                             f"{arr.shape[0]} samples, other inputs have {batch}")
+        batch = arr.shape[0]
+        if arr.dtype.kind != info.numpy_dtype.kind and not (arr.dtype.kind in "iu" and info.numpy_dtype.kind in "iu"):
+            raise BuildError("CalibrationFailed", f"calibration tensor for input {info.name} has dtype "
+                             f"{arr.dtype}, expected {info.numpy_dtype}")
+        feeds[info.name] = np.ascontiguousarray(arr.astype(info.numpy_dtype))
+    if not batch:
+        raise BuildError("CalibrationFailed", f"{origin} holds no samples")
+    return {k: v[:samples] for k, v in feeds.items()}
+
+
+def synthetic_calibration(model: LoadedModel, samples: int) -> Feeds:
+    if model.is_text:
+        return tokenize(model, CALIBRATION_SENTENCES)
+    return synthetic(model.inputs, min(samples, 128), seed=99)

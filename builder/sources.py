@@ -1,0 +1,220 @@
+"""Where models come from and where artifacts go: one fsspec-based layer for every URI scheme.
+
+Schemes: plain local paths and ``file://`` (local runs, tests), ``pvc://claim/path`` (a claim
+mounted at ``$OPTIMODEL_PVC_ROOT``, default ``/mnt/pvc``), ``https://`` and ``s3://`` (fsspec;
+s3fs reads credentials from the environment, which the Job fills from ``credentialsSecret``),
+and ``hf://org/name[@revision]`` (resolved through the local Hugging Face cache only: builders
+run without internet egress, so a model must be pre-seeded).
+
+Publishing is atomic: the whole output is staged locally, then moved into place with a rename
+(local, pvc) or uploaded only after the build succeeded, ``report.json`` last (object stores), so
+a reader that sees a report sees a complete repository.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from optimodel.builder.errors import BuildError
+
+log = logging.getLogger("optimodel.builder")
+
+PVC_ROOT_ENV = "OPTIMODEL_PVC_ROOT"
+DEFAULT_PVC_ROOT = "/mnt/pvc"
+REMOTE_TIMEOUT_S = 60.0
+
+Kind = Literal["local", "remote", "hf"]
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed URI: a local filesystem path, a remote fsspec URL, or a Hugging Face repo id."""
+
+    uri: str
+    kind: Kind
+    path: str  # local path, fsspec URL, or "org/name"
+    revision: str | None = None
+
+    @property
+    def local_path(self) -> Path:
+        assert self.kind == "local", self
+        return Path(self.path)
+
+
+def parse(uri: str) -> Location:
+    """Map a URI to a location; unknown schemes are a spec error."""
+    if "://" not in uri:
+        return Location(uri, "local", os.path.abspath(os.path.expanduser(uri)))
+    scheme, rest = uri.split("://", 1)
+    scheme = scheme.lower()
+    if scheme == "file":
+        return Location(uri, "local", "/" + rest.lstrip("/") if rest else "/")
+    if scheme == "pvc":
+        claim_path = rest.strip("/")
+        if not claim_path:
+            raise BuildError("InvalidSpec", f"{uri}: pvc:// URIs need a claim name (pvc://claim/path)")
+        root = os.environ.get(PVC_ROOT_ENV, DEFAULT_PVC_ROOT)
+        return Location(uri, "local", os.path.join(root, claim_path))
+    if scheme in ("s3", "https", "http"):
+        return Location(uri, "remote", uri)
+    if scheme == "hf":
+        repo, _, revision = rest.strip("/").partition("@")
+        if repo.count("/") != 1:
+            raise BuildError("InvalidSpec", f"{uri}: hf:// URIs are hf://org/name[@revision]")
+        return Location(uri, "hf", repo, revision or None)
+    raise BuildError("InvalidSpec", f"{uri}: unsupported URI scheme {scheme!r} "
+                     "(use a local path, file://, pvc://, https://, s3:// or hf://)")
+
+
+def _filesystem(url: str):
+    """An fsspec filesystem for a remote URL, with timeouts so a dead host fails fast."""
+    import fsspec
+
+    protocol = url.split("://", 1)[0].lower()
+    options: dict = {}
+    if protocol in ("http", "https"):
+        import aiohttp
+
+        options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=None, connect=15, sock_read=REMOTE_TIMEOUT_S)}
+    elif protocol == "s3":
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            options["client_kwargs"] = {"endpoint_url": endpoint}
+    fs, path = fsspec.core.url_to_fs(url, **options)
+    return fs, path
+
+
+def fetch(uri: str, dest: Path, *, what: str = "model", missing: str = "ModelNotFound") -> Path:
+    """Make ``uri`` available as a local path (a file or a directory) and return it.
+
+    Local and pvc locations are used in place (no copy); remote ones are downloaded into
+    ``dest``. Anything that prevents reading the source is ``missing`` (by default ModelNotFound),
+    with the underlying error in the message.
+    """
+    loc = parse(uri)
+    if loc.kind == "local":
+        path = loc.local_path
+        if not path.exists():
+            raise BuildError(missing, f"{what} not found: {uri} (no such file or directory: {path})")
+        return path
+    if loc.kind == "hf":
+        return _fetch_hf(loc, missing, what)
+    try:
+        fs, path = _filesystem(loc.path)
+        dest.mkdir(parents=True, exist_ok=True)
+        if fs.isdir(path):
+            target = dest / (Path(path.rstrip("/")).name or "model")
+            fs.get(path.rstrip("/") + "/", str(target), recursive=True)
+        else:
+            target = dest / (Path(path).name or "model")
+            fs.get(path, str(target))
+    except BuildError:
+        raise
+    except Exception as exc:  # network, credentials, 404: all mean "cannot read the source"
+        raise BuildError(missing, f"cannot fetch {what} from {uri}: {type(exc).__name__}: {exc}") from exc
+    if not target.exists():
+        raise BuildError(missing, f"cannot fetch {what} from {uri}: nothing was downloaded")
+    log.info("fetched %s %s -> %s", what, uri, target)
+    return target
+
+
+def _fetch_hf(loc: Location, missing: str, what: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(loc.path, revision=loc.revision, local_files_only=True))
+    except Exception as exc:
+        raise BuildError(missing, f"{what} {loc.uri} is not in the local Hugging Face cache and the "
+                         f"builder does not download from the Hub (offline): {type(exc).__name__}: "
+                         f"{exc}. Pre-seed the cache (HF_HOME) or use s3://, pvc:// or https://.") from exc
+
+
+# --------------------------------------------------------------------------- output side
+
+
+def read_report(output_uri: str) -> dict | None:
+    """The ``report.json`` already at the output location, or None (absent or unreadable)."""
+    loc = parse(output_uri)
+    try:
+        if loc.kind == "local":
+            path = loc.local_path / "report.json"
+            return json.loads(path.read_text()) if path.is_file() else None
+        if loc.kind != "remote":
+            return None
+        fs, path = _filesystem(loc.path)
+        report_path = path.rstrip("/") + "/report.json"
+        if not fs.exists(report_path):
+            return None
+        with fs.open(report_path, "rb") as fh:
+            return json.loads(fh.read())
+    except Exception as exc:
+        log.warning("could not read an existing report at %s: %s", output_uri, exc)
+        return None
+
+
+def exists(output_uri: str, relative: str) -> bool:
+    """Whether ``relative`` exists under the output location (used by the cache check)."""
+    loc = parse(output_uri)
+    try:
+        if loc.kind == "local":
+            return (loc.local_path / relative).exists()
+        fs, path = _filesystem(loc.path)
+        return fs.exists(path.rstrip("/") + "/" + relative)
+    except Exception:
+        return False
+
+
+def publish(staged: Path, output_uri: str) -> None:
+    """Move a fully staged output directory to ``output_uri`` without ever exposing half of it."""
+    loc = parse(output_uri)
+    if loc.kind == "hf":
+        raise BuildError("InvalidSpec", f"{output_uri}: hf:// is not a writable output location")
+    try:
+        if loc.kind == "local":
+            _publish_local(staged, loc.local_path)
+        else:
+            _publish_remote(staged, loc.path)
+    except BuildError:
+        raise
+    except Exception as exc:
+        raise BuildError("OutputWriteFailed", f"cannot write the output to {output_uri}: "
+                         f"{type(exc).__name__}: {exc}") from exc
+
+
+def _publish_local(staged: Path, final: Path) -> None:
+    final.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:8]
+    incoming = final.parent / f".{final.name}.incoming-{token}"
+    shutil.copytree(staged, incoming)  # may cross filesystems; the rename below may not
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{token}"
+        os.rename(final, old)
+    try:
+        os.rename(incoming, final)
+    except BaseException:
+        if old is not None:
+            os.rename(old, final)
+        shutil.rmtree(incoming, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _publish_remote(staged: Path, url: str) -> None:
+    fs, root = _filesystem(url)
+    root = root.rstrip("/")
+    files = sorted(p for p in staged.rglob("*") if p.is_file())
+    # report.json last: its presence is what marks the output as complete.
+    files.sort(key=lambda p: p.name == "report.json" and p.parent == staged)
+    for path in files:
+        rel = path.relative_to(staged).as_posix()
+        fs.put_file(str(path), f"{root}/{rel}")
+    log.info("uploaded %d files to %s", len(files), url)

@@ -1,0 +1,81 @@
+"""The accuracy gate: compare a candidate's outputs with the FP32 reference on held-out samples.
+
+Metrics (``optimization.accuracy.metric``):
+- cosine: per-sample cosine similarity of the flattened output, reported as the minimum over
+  samples (the worst sample decides, not the average);
+- max-abs: the largest absolute difference anywhere;
+- top1-agreement: the fraction of argmax (last axis) positions that agree.
+The gate looks at the model's primary outputs (``sentence_embedding`` for text encoders, every
+output otherwise); ``per_output`` reports each output for information. NaN/inf never pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from optimodel.api.report import AccuracyResult
+
+
+def cosine_min(ref: np.ndarray, out: np.ndarray) -> float:
+    a = ref.reshape(len(ref), -1).astype(np.float64)
+    b = out.reshape(len(out), -1).astype(np.float64)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    dot = (a * b).sum(axis=1)
+    both_zero = (na == 0) & (nb == 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos = np.where(both_zero, 1.0, dot / (na * nb))
+    cos = np.where(np.isfinite(cos), cos, -1.0)
+    return float(np.clip(cos, -1.0, 1.0).min())
+
+
+def max_abs(ref: np.ndarray, out: np.ndarray) -> float:
+    diff = np.abs(ref.astype(np.float64) - out.astype(np.float64))
+    return float(diff.max()) if np.isfinite(diff).all() else math.inf
+
+
+def top1_agreement(ref: np.ndarray, out: np.ndarray) -> float:
+    return float((ref.argmax(axis=-1) == out.argmax(axis=-1)).mean())
+
+
+METRICS = {"cosine": cosine_min, "max-abs": max_abs, "top1-agreement": top1_agreement}
+LOWER_IS_BETTER = {"max-abs"}
+
+
+def passes(metric: str, value: float, threshold: float) -> bool:
+    if not math.isfinite(value):
+        return False
+    return value <= threshold if metric in LOWER_IS_BETTER else value >= threshold
+
+
+def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], primary: list[str],
+            metric: str, threshold: float) -> AccuracyResult:
+    """One AccuracyResult: the gate value over the primary outputs, plus every output's value."""
+    fn = METRICS[metric]
+    per_output = {}
+    for name, ref in reference.items():
+        out = candidate.get(name)
+        if out is None or out.shape != ref.shape:
+            per_output[name] = math.inf if metric in LOWER_IS_BETTER else -1.0
+            continue
+        per_output[name] = fn(ref, out)
+    values = [per_output[n] for n in primary]
+    value = max(values) if metric in LOWER_IS_BETTER else min(values)
+    samples = len(next(iter(reference.values())))
+    return AccuracyResult(metric=metric, value=_json_safe(value), threshold=threshold,
+                          passed=passes(metric, value, threshold), samples=samples,
+                          per_output={k: _json_safe(v) for k, v in per_output.items()})
+
+
+def worst(results: list[AccuracyResult], metric: str) -> AccuracyResult:
+    """The least accurate of several evaluations of one candidate (e.g. per batch composition)."""
+    key = (lambda r: -r.value) if metric in LOWER_IS_BETTER else (lambda r: r.value)
+    return min(results, key=key)
+
+
+def _json_safe(value: float) -> float:
+    """JSON has no inf/NaN: clamp to a huge finite value that still fails every gate."""
+    if math.isnan(value) or math.isinf(value):
+        return 1e30 if (math.isinf(value) and value > 0) or math.isnan(value) else -1e30
+    return float(value)

@@ -1,0 +1,136 @@
+"""End-to-end builds of the real all-MiniLM-L6-v2 through ``optimodel build``.
+
+One default build is shared by several tests (module scope): the repository layout, the
+configs, the report, the termination message and the cache hit all come from it. The fallback
+test tightens the gate so that the INT8 candidates fail and a slower FP32 one must be chosen.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from google.protobuf import text_format
+
+from optimodel.api.key import build_key
+from optimodel.api.report import BuildReport, BuildSummary
+from optimodel.api.spec import BuildSpec
+
+pytestmark = pytest.mark.slow
+
+
+def minilm_spec(path, **optimization) -> dict:
+    opt = {"maxBatchSize": 16, **optimization}
+    return {"model": {"uri": str(path), "format": "huggingface"}, "optimization": opt}
+
+
+@pytest.fixture(scope="module")
+def built(minilm_path, tmp_path_factory):
+    from optimodel.cli import main
+
+    root = tmp_path_factory.mktemp("minilm")
+    spec = minilm_spec(minilm_path)
+    out, term = root / "out", root / "termination"
+    argv = ["build", "--spec-json", json.dumps(spec), "--output", str(out), "--termination-message-path",
+            str(term), "--quick", "--batch-sizes", "1,8"]
+    code = main(argv)
+    return {"code": code, "spec": spec, "out": out, "term": term, "argv": argv}
+
+
+def test_build_succeeds_and_writes_the_repository(built):
+    out = built["out"]
+    assert built["code"] == 0
+    for rel in ("report.json", "repository/model/config.pbtxt", "repository/model/1/model.onnx",
+                "repository-python/model/config.pbtxt", "repository-python/model/1/model.py",
+                "repository-python/model/1/model.onnx", "repository/model/warmup/input_ids"):
+        assert (out / rel).is_file(), rel
+    leftovers = [p.name for p in out.parent.iterdir() if p.name.startswith(".out.")]
+    assert leftovers == [], "staging directories must not remain next to the output"
+
+
+def test_configs_parse_with_the_model_config_protobuf(built):
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    main = text_format.Parse((built["out"] / "repository/model/config.pbtxt").read_text(), mc.ModelConfig())
+    assert main.name == "model" and main.platform == "onnxruntime_onnx" and main.max_batch_size == 16
+    assert [i.name for i in main.input] == ["input_ids", "token_type_ids", "attention_mask"]
+    assert all(list(i.dims) == [-1] and i.data_type == mc.TYPE_INT64 for i in main.input)
+    outs = {o.name: list(o.dims) for o in main.output}
+    assert outs == {"last_hidden_state": [-1, 384], "sentence_embedding": [384]}
+    assert main.dynamic_batching.max_queue_delay_microseconds == 100
+    assert main.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    warm = main.model_warmup[0]
+    assert set(warm.inputs) == {"input_ids", "token_type_ids", "attention_mask"}
+    assert all(list(v.dims) == [128] for v in warm.inputs.values())
+    ids = (built["out"] / "repository/model/warmup/input_ids").read_bytes()
+    assert len(ids) == 128 * 8 and ids[:8] == (101).to_bytes(8, "little")  # [CLS] first
+
+    py = text_format.Parse((built["out"] / "repository-python/model/config.pbtxt").read_text(), mc.ModelConfig())
+    assert py.backend == "python" and py.platform == ""
+    assert [i.name for i in py.input] == [i.name for i in main.input]
+
+
+def test_report_selects_a_passing_candidate_faster_than_nothing(built):
+    report = BuildReport.model_validate_json((built["out"] / "report.json").read_text())
+    spec = BuildSpec.model_validate(built["spec"])
+    assert report.succeeded and report.build_key == build_key(spec)
+    assert report.baseline.runtime == "pytorch-eager-fp32"
+    assert [s.batch_size for s in report.baseline.sweep] == [1, 8]
+    assert report.baseline.headline.batch_size == 8
+    names = {c.name: c for c in report.candidates}
+    assert {"onnxruntime-fp32", "onnxruntime-int8-dynamic", "onnxruntime-int8-dynamic-mixed"} <= set(names)
+    assert names["onnxruntime-fp32"].reason.startswith("transformer fusion: ")
+    assert names["onnxruntime-int8-qdq"].status == "SKIPPED"  # no calibration data in the spec
+    assert names["onnxruntime-fp8"].status == "SKIPPED"
+    selected = names[report.selected]
+    assert selected.accuracy.passed and selected.accuracy.metric == "cosine"
+    assert selected.accuracy.samples >= 16 and selected.accuracy.value >= 0.99
+    assert "sentence_embedding" in selected.accuracy.per_output
+    assert selected.performance.headline.throughput > 0 and selected.speedup == report.speedup
+    assert report.engine.platform == "onnxruntime_onnx" and report.engine.model_name == "model"
+    assert report.engine.size_bytes == (built["out"] / "repository/model/1/model.onnx").stat().st_size
+    assert report.calibration_source == "none"
+    steps = {s.step: s.status for s in report.steps}
+    assert steps["prune"] == "SKIPPED" and steps["export-onnx"] == "OK" and steps["verify"] == "OK"
+    assert "onnxruntime" in report.versions and "torch" in report.versions
+
+
+def test_termination_message_is_the_summary(built):
+    text = built["term"].read_text()
+    assert len(text.encode()) <= 4096
+    summary = BuildSummary.model_validate_json(text)
+    report = BuildReport.model_validate_json((built["out"] / "report.json").read_text())
+    assert summary.succeeded and summary.build_key == report.build_key
+    assert summary.engine.precision == report.engine.precision
+    assert summary.report_uri.endswith("report.json")
+
+
+def test_second_build_is_a_cache_hit(built, caplog):
+    from optimodel.cli import main
+
+    before = (built["out"] / "report.json").stat().st_mtime_ns
+    built["term"].unlink()
+    with caplog.at_level("INFO", logger="optimodel.builder"):
+        assert main(built["argv"]) == 0
+    assert "cache hit" in caplog.text
+    assert "step fetch" not in caplog.text  # no work was done
+    assert (built["out"] / "report.json").stat().st_mtime_ns == before
+    summary = json.loads(built["term"].read_text())
+    assert summary["succeeded"] and summary["buildKey"] == build_key(BuildSpec.model_validate(built["spec"]))
+
+
+def test_fallback_to_a_slower_candidate_when_faster_ones_fail_the_gate(minilm_path, build):
+    # INT8 moves MiniLM's embeddings to cosine ~0.99-0.995: a 0.9995 bar fails both INT8
+    # candidates deterministically, while the fused FP32 graph (~0.99999) passes.
+    result = build(minilm_spec(minilm_path, accuracy={"metric": "cosine", "threshold": 0.9995}),
+                   "--quick", "--batch-sizes", "8")
+    assert result.code == 0, result.summary
+    report = result.report
+    cands = {c["name"]: c for c in report["candidates"]}
+    assert report["selected"] == "onnxruntime-fp32"
+    for name in ("onnxruntime-int8-dynamic", "onnxruntime-int8-dynamic-mixed"):
+        assert cands[name]["accuracy"]["passed"] is False
+        assert cands[name]["accuracy"]["value"] < 0.9995
+        assert cands[name]["performance"]["headline"]["batchSize"] == 8  # timed for the record
+    assert cands["onnxruntime-fp32"]["accuracy"]["passed"] is True
+    assert result.summary["engine"]["precision"] == "fp32"

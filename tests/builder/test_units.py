@@ -1,0 +1,263 @@
+"""Unit tests of the builder's pure parts: metrics, selection, BF16 rounding, 2:4 masks, URIs,
+calibration validation, the config protobuf and the termination-message budget."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from optimodel.api.report import (AccuracyResult, BuildReport, BuildSummary, Candidate, LatencyStats,
+                                  PerformanceProfile)
+from optimodel.api.spec import BuildSpec
+from optimodel.builder import benchmark, sources, verify
+from optimodel.builder.errors import BuildError, classify
+
+
+def test_cosine_takes_the_worst_sample():
+    ref = np.array([[1.0, 0.0], [0.0, 1.0]])
+    out = np.array([[1.0, 0.0], [1.0, 1.0]])
+    assert verify.cosine_min(ref, out) == pytest.approx(math.sqrt(0.5))
+    assert verify.cosine_min(ref, -ref) == pytest.approx(-1.0)
+    assert verify.cosine_min(np.zeros((1, 3)), np.zeros((1, 3))) == 1.0
+    assert verify.cosine_min(ref, np.full_like(ref, np.nan)) == -1.0
+
+
+def test_max_abs_and_top1():
+    ref = np.array([[0.1, 0.9], [0.8, 0.2]])
+    assert verify.max_abs(ref, ref + 0.25) == pytest.approx(0.25)
+    assert verify.max_abs(ref, ref * np.inf) == math.inf
+    assert verify.top1_agreement(ref, np.array([[0.0, 1.0], [0.0, 1.0]])) == 0.5
+
+
+def test_gate_direction_and_nan():
+    assert verify.passes("cosine", 0.995, 0.99) and not verify.passes("cosine", 0.985, 0.99)
+    assert verify.passes("max-abs", 0.01, 0.02) and not verify.passes("max-abs", 0.03, 0.02)
+    assert not verify.passes("cosine", float("nan"), 0.0)
+
+
+def test_compare_gates_on_primary_outputs_only():
+    ref = {"hidden": np.ones((4, 3)), "emb": np.eye(4)}
+    cand = {"hidden": -np.ones((4, 3)), "emb": np.eye(4)}
+    result = verify.compare(ref, cand, ["emb"], "cosine", 0.99)
+    assert result.passed and result.value == pytest.approx(1.0)
+    assert result.per_output["hidden"] == pytest.approx(-1.0) and result.samples == 4
+    missing = verify.compare(ref, {"emb": np.eye(4)}, ["hidden"], "max-abs", 1.0)
+    assert not missing.passed and missing.value == 1e30  # JSON-safe stand-in for infinity
+
+
+def _candidate(name, throughput, value, passed):
+    stats = LatencyStats(batch_size=8, p50_ms=1, p99_ms=2, throughput=throughput, repeats=3)
+    return Candidate(name=name, precision="int8", target="onnxruntime", status="OK",
+                     accuracy=AccuracyResult(metric="cosine", value=value, threshold=0.99, passed=passed, samples=8),
+                     performance=PerformanceProfile(runtime="x", device="cpu", sweep=[stats], headline=stats))
+
+
+def _build_with(tmp_path, candidates):
+    from optimodel.builder.pipeline import Build, BuildOptions, Variant
+
+    spec = BuildSpec.model_validate({"model": {"uri": "/m.onnx", "format": "onnx"}})
+    build = Build(BuildOptions(spec=spec, output=str(tmp_path / "out"), work_dir=tmp_path, threads=1))
+    build.variants = [Variant(c) for c in candidates]
+    return build
+
+
+def test_select_falls_back_when_the_fastest_fails(tmp_path):
+    build = _build_with(tmp_path, [_candidate("fast", 300, 0.95, False), _candidate("mid", 200, 0.995, True),
+                                   _candidate("slow", 100, 1.0, True)])
+    assert build._select().candidate.name == "mid"
+    assert any("fast" in w for w in build.warnings)
+
+
+def test_select_breaks_near_ties_by_accuracy(tmp_path):
+    build = _build_with(tmp_path, [_candidate("a", 300, 0.991, True), _candidate("b", 290, 0.996, True),
+                                   _candidate("c", 200, 0.999, True)])
+    assert build._select().candidate.name == "b"  # within 5% of the fastest, more accurate
+
+
+def test_bf16_bits_match_torch_rounding():
+    torch = pytest.importorskip("torch")
+    from optimodel.builder.compress import fp32_to_bf16_bits
+
+    x = np.random.default_rng(0).standard_normal(1000).astype(np.float32) * 100
+    x[:3] = [np.nan, np.inf, -0.0]
+    ours = fp32_to_bf16_bits(x)
+    theirs = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    assert (ours[1:] == theirs[1:]).all()
+    assert ours[0] == 0x7FC0
+
+
+def test_bf16_graph_is_typed_bf16_with_fp32_io(cnn, tmp_path):
+    import onnx
+
+    from optimodel.builder.compress import to_bf16
+
+    out = to_bf16(cnn.onnx, tmp_path / "bf16.onnx")
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model)
+    assert {i.data_type for i in model.graph.initializer if i.dims} >= {onnx.TensorProto.BFLOAT16}
+    assert onnx.TensorProto.FLOAT16 not in {i.data_type for i in model.graph.initializer}
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_two_four_mask():
+    torch = pytest.importorskip("torch")
+    from optimodel.builder.prune import mask_2_4
+
+    w = torch.tensor([[4.0, -3.0, 1.0, 0.5, 0.1, 0.2, -0.3, 0.05]])
+    assert mask_2_4(w).tolist() == [[True, True, False, False, False, True, True, False]]
+    conv = torch.randn(8, 16, 3, 3)
+    keep = mask_2_4(conv)
+    assert (keep.movedim(1, -1).reshape(-1, 4).sum(dim=1) == 2).all()
+    assert mask_2_4(torch.randn(4, 6)) is None
+
+
+def test_uri_parsing(monkeypatch, tmp_path):
+    monkeypatch.setenv("OPTIMODEL_PVC_ROOT", "/mnt/claims")
+    assert sources.parse("pvc://models/bert/v1").path == "/mnt/claims/models/bert/v1"
+    assert sources.parse("file:///data/m.onnx").path == "/data/m.onnx"
+    assert sources.parse("relative/m.onnx").path == str(Path.cwd() / "relative/m.onnx")
+    assert sources.parse("s3://bucket/key").kind == "remote"
+    hf = sources.parse("hf://org/name@abc123")
+    assert (hf.kind, hf.path, hf.revision) == ("hf", "org/name", "abc123")
+    for bad in ("ftp://x/y", "pvc://", "hf://justname"):
+        with pytest.raises(BuildError) as err:
+            sources.parse(bad)
+        assert err.value.reason == "InvalidSpec"
+
+
+def test_publish_replaces_atomically(tmp_path):
+    staged = tmp_path / "stage"
+    (staged / "repository").mkdir(parents=True)
+    (staged / "report.json").write_text("{}")
+    final = tmp_path / "out"
+    final.mkdir()
+    (final / "stale.txt").write_text("old")
+    sources.publish(staged, str(final))
+    assert sorted(p.name for p in final.iterdir()) == ["report.json", "repository"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_calibration_shape_errors_name_the_input():
+    from optimodel.builder.loader import LoadedModel
+    from optimodel.builder.samples import validate_tensors
+    from optimodel.builder.tensors import TensorInfo
+
+    model = LoadedModel(format="onnx", path=Path("/m"), inputs=[TensorInfo("pixels", "FP32", (-1, 3, 8, 8))],
+                        outputs=[], primary_outputs=[], baseline_runtime="onnxruntime-fp32")
+    with pytest.raises(BuildError) as err:
+        validate_tensors({"pixels": np.zeros((4, 8, 8, 3), np.float32)}, model, 10, "cal.npz")
+    assert err.value.reason == "CalibrationFailed"
+    assert "pixels" in err.value.message and "[4, 8, 8, 3]" in err.value.message
+    assert "[N, 3, 8, 8]" in err.value.message
+    ok = validate_tensors({"pixels": np.zeros((20, 3, 8, 8), np.float64)}, model, 10, "cal.npz")
+    assert ok["pixels"].shape == (10, 3, 8, 8) and ok["pixels"].dtype == np.float32
+
+
+def test_held_out_and_calibration_sentences_are_disjoint():
+    from optimodel.builder.samples import CALIBRATION_SENTENCES, HELD_OUT_SENTENCES
+
+    assert len(HELD_OUT_SENTENCES) >= 16
+    assert not set(HELD_OUT_SENTENCES) & set(CALIBRATION_SENTENCES)
+
+
+def test_sweep_defaults_and_preferred_batch():
+    assert benchmark.default_sweep(64) == [1, 8, 32]
+    assert benchmark.default_sweep(4) == [1, 4]
+    assert benchmark.headline_batch([1, 8, 32]) == 8 and benchmark.headline_batch([16, 32]) == 16
+
+    def perf(points):
+        sweep = [LatencyStats(batch_size=b, p50_ms=1, p99_ms=1, throughput=t, repeats=3) for b, t in points]
+        return PerformanceProfile(runtime="x", device="cpu", sweep=sweep, headline=sweep[0])
+
+    assert benchmark.preferred_batch_sizes(perf([(1, 50), (8, 95), (32, 100)])) == [8]
+    assert benchmark.preferred_batch_sizes(perf([(1, 100), (8, 100)])) == []
+
+
+def test_config_renders_through_the_protobuf_and_parses_back():
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from optimodel.builder.tensors import TensorInfo
+    from optimodel.builder.triton_repo import RepositorySpec, model_config, render
+
+    spec = RepositorySpec(name="m", inputs=[TensorInfo("x", "FP32", (-1, 3, 4))],
+                          outputs=[TensorInfo("y", "BF16", (-1, 2))], max_batch_size=32, gpu=True,
+                          preferred_batch_sizes=[8, 64], warmup={"x": np.zeros((1, 3, 4), np.float32)})
+    text = render(model_config(spec, platform="tensorrt_plan"))
+    cfg = text_format.Parse(text, mc.ModelConfig())
+    assert cfg.platform == "tensorrt_plan" and list(cfg.input[0].dims) == [3, 4]
+    assert cfg.output[0].data_type == mc.TYPE_BF16
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [8]  # 64 > max_batch_size dropped
+    assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    assert cfg.model_warmup[0].inputs["x"].input_data_file == "x"
+
+
+def test_summary_fits_the_termination_message_even_with_a_huge_message():
+    report = BuildReport(builder_version="0", build_key="k" * 64, succeeded=False, reason="ExportFailed",
+                         message="x" * 10_000)
+    text = BuildSummary.from_report(report).to_termination_message()
+    assert len(text.encode()) <= 4096 and '"reason":"ExportFailed"' in text
+
+
+def test_classify_recognises_out_of_memory():
+    assert classify(MemoryError()).reason == "OutOfMemory"
+    assert classify(RuntimeError("CUDA out of memory. Tried to allocate")).reason == "OutOfMemory"
+    assert classify(ValueError("boom")).reason == "InternalError"
+    with pytest.raises(ValueError):
+        BuildError("NotAReason", "x")  # type: ignore[arg-type]
+
+
+def test_text_calibration_file_is_tokenized(minilm_path, tmp_path):
+    from transformers import AutoTokenizer
+
+    from optimodel.builder.loader import LoadedModel
+    from optimodel.builder.samples import load_calibration
+    from optimodel.builder.tensors import TensorInfo
+
+    names = ["input_ids", "token_type_ids", "attention_mask"]
+    model = LoadedModel(format="huggingface", path=minilm_path, inputs=[TensorInfo(n, "INT64", (-1, -1)) for n in names],
+                        outputs=[], primary_outputs=[], baseline_runtime="pytorch-eager-fp32",
+                        tokenizer=AutoTokenizer.from_pretrained(str(minilm_path)), seq_len=32)
+    text = tmp_path / "cal.txt"
+    text.write_text("First sample sentence.\n\nSecond one, a little longer than the first.\nThird.\n")
+    feeds = load_calibration(str(text), tmp_path / "dl", model, samples=2)
+    assert set(feeds) == set(names)
+    assert feeds["input_ids"].shape == (2, 32) and feeds["input_ids"].dtype == np.int64
+    assert feeds["attention_mask"][0].sum() < 32  # padded to the sequence length, mask marks it
+
+
+def test_safetensors_calibration(tmp_path):
+    from safetensors.numpy import save_file
+
+    from optimodel.builder.loader import LoadedModel
+    from optimodel.builder.samples import load_calibration
+    from optimodel.builder.tensors import TensorInfo
+
+    model = LoadedModel(format="onnx", path=tmp_path, inputs=[TensorInfo("x", "FP32", (-1, 4))], outputs=[],
+                        primary_outputs=[], baseline_runtime="onnxruntime-fp32")
+    save_file({"x": np.ones((10, 4), np.float32)}, str(tmp_path / "cal.safetensors"))
+    assert load_calibration(str(tmp_path / "cal.safetensors"), tmp_path, model, 512)["x"].shape == (10, 4)
+    with pytest.raises(BuildError) as err:
+        load_calibration(str(tmp_path / "missing.npz"), tmp_path, model, 512)
+    assert err.value.reason == "CalibrationFailed"
+
+
+def test_hf_uri_resolves_through_the_local_cache(tmp_path, monkeypatch):
+    """hf://org/name is read from the HF cache layout (refs/main -> snapshots/<commit>/)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--example-org--tiny"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    path = sources.fetch("hf://example-org/tiny", tmp_path / "dl")
+    assert path == snapshot and (path / "config.json").is_file()
