@@ -138,16 +138,6 @@ def pytorch_reference(model_path: Path, arrays: dict) -> "np.ndarray":  # noqa: 
 SERVING_FIDELITY = 0.9999
 """Served vs the same engine run directly: only float summation order may differ."""
 
-UNSEEN_DATA_TOLERANCE = 0.01
-"""How far below the gate one *unseen* sentence may fall before the demo fails.
-
-The builder certifies ``min cosine >= threshold`` on its held-out samples; on other sentences a
-candidate that passed by a hair can dip slightly under (INT8 dynamic quantization's ranges
-depend on the input). A real accuracy problem (a destroyed quantization gives cosines near 0)
-is far outside this band; the demo warns inside it and fails beyond it, or if the mean misses.
-"""
-
-
 def cosine(a, b):
     import numpy as np
 
@@ -155,11 +145,9 @@ def cosine(a, b):
 
 
 def accuracy_verdict(cos, threshold: float) -> str:
+    """The gate applied to sentences the build never saw: every one must clear it."""
     if cos.min() >= threshold:
         return f"OK (gate {threshold})"
-    if cos.min() >= threshold - UNSEEN_DATA_TOLERANCE and cos.mean() >= threshold:
-        return (f"WARNING: min {cos.min():.4f} is under the gate {threshold} on these unseen "
-                f"sentences (mean {cos.mean():.4f} passes; the gate was met on the build's held-out set)")
     return f"FAIL: min {cos.min():.4f}, mean {cos.mean():.4f} < gate {threshold}"
 
 

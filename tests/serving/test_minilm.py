@@ -17,6 +17,7 @@ import pytest
 from optimodel.api.report import BuildReport
 from optimodel.api.spec import Serving
 from optimodel.serving import demo
+from optimodel.builder.samples import HELD_OUT_SENTENCES
 from optimodel.serving.loadgen import burst, infer
 from optimodel.serving.stage import parse_config, stage_repository
 
@@ -47,11 +48,14 @@ def test_builder_output_served_matches_pytorch_and_batches(minilm_build, start_t
     # Triton serves the engine faithfully...
     engine = demo.engine_outputs(tmp_path / "models" / "minilm", tokens, output)
     assert demo.cosine(served, engine).min() >= demo.SERVING_FIDELITY
-    # ...and the engine stays within the accuracy gate of PyTorch FP32 on unseen sentences
-    # (the gate itself is certified on the build's held-out set; see demo.UNSEEN_DATA_TOLERANCE).
+    # ...it meets the accuracy gate against PyTorch FP32 on the sentences the gate certified...
+    held = demo.Tokenized(demo.minilm_dir(), config, list(HELD_OUT_SENTENCES), demo._seq_len(config, 128))
+    held_served = np.concatenate([infer(triton, "minilm", row, [output])[output] for row in held.rows()])
+    held_cosine = demo.cosine(held_served, demo.pytorch_reference(demo.minilm_dir(), held.arrays))
+    assert held_cosine.min() >= report.accuracy.threshold, held_cosine.min()
+    # ...and on sentences the build never saw.
     reference = demo.pytorch_reference(demo.minilm_dir(), tokens.arrays)
-    accuracy = demo.cosine(served, reference)
-    assert not demo.accuracy_verdict(accuracy, report.accuracy.threshold).startswith("FAIL"), accuracy
+    assert demo.cosine(served, reference).min() >= report.accuracy.threshold
     # Embeddings still mean something: paraphrases closer than unrelated sentences.
     assert served[0] @ served[1] > served[0] @ served[14]
 
