@@ -60,7 +60,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads for PyTorch and ONNX Runtime alike (default: cores available)")
     p.add_argument("--quick", action="store_true",
-                   help="shorter benchmark windows and fewer samples (tests, smoke runs)")
+                   help="shorter benchmark windows (tests, smoke runs); accuracy evidence is not reduced")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from optimodel.builder.errors import BuildError, wrap
+from optimodel.builder.errors import wrap
 from optimodel.builder.loader import LoadedModel
 
 log = logging.getLogger("optimodel.builder")

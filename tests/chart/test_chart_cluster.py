@@ -8,7 +8,6 @@ run), which is what ``helm install --wait`` and Pod Security admission need to b
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 import pytest
@@ -17,21 +16,11 @@ from chart import (
     CHART, REPO, helm, install_operator_rbac, release_name, token_kubeconfig, uninstall_operator_rbac,
 )
 from kubernetes import client, config
+from polling import wait_for
 
 pytestmark = pytest.mark.cluster
 
 CRD_NAME = "optimizedmodels.optimodel.dev"
-
-
-def wait_for(predicate, timeout: float = 60, interval: float = 0.3, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
 def adopt_existing_crd(cluster, release: str, namespace: str) -> None:
@@ -80,7 +69,7 @@ def test_install_upgrade_uninstall(cluster, namespace, helm_bin):
         assert d.metadata.generation == 2
         wait_for(lambda: (lambda s: s.observed_generation == 2 and s.updated_replicas == 1
                           and s.ready_replicas == 1 and (s.replicas or 0) == 1)(
-            apps.read_namespaced_deployment_status(release, namespace).status), what="rollout")
+            apps.read_namespaced_deployment_status(release, namespace).status), timeout=60, what="rollout")
         new_rs = [rs for rs in apps.list_namespaced_replica_set(
             namespace, label_selector=f"app.kubernetes.io/instance={release}").items
             if rs.metadata.name not in old_rs]

@@ -6,10 +6,10 @@ Each test exercises one behaviour the operator relies on and that a mock could n
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from kubernetes import client
+from polling import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -24,17 +24,6 @@ RESTRICTED_CONTAINER = {
         "seccompProfile": {"type": "RuntimeDefault"},
     },
 }
-
-
-def wait_for(predicate, timeout: float = 30, interval: float = 0.2, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
 def test_server_and_kubectl_report_the_pinned_version(cluster):

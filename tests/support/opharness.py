@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from kubernetes import client
+from polling import wait_for  # noqa: F401  (re-exported for tests)
 
 GROUP, VERSION, PLURAL = "optimodel.dev", "v1alpha1", "optimizedmodels"
 
@@ -25,17 +26,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float = 30, interval: float = 0.1, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
 
 
 class OperatorProcess:
