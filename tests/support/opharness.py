@@ -106,8 +106,9 @@ class Models:
             return pods[0] if pods else None
         return wait_for(find, what=f"pod of Job {job_name}")
 
-    def finish_build(self, job_name: str, summary: dict, exit_code: int = 0) -> None:
+    def finish_build(self, job_name: str, summary: dict | str, exit_code: int = 0) -> None:
         """Play the kubelet: the builder container terminated with this termination message."""
+        message = summary if isinstance(summary, str) else json.dumps(summary)
         pod = self.builder_pod(job_name)
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         container = pod.spec.containers[0]
@@ -119,7 +120,7 @@ class Models:
                 "restartCount": 0, "started": False,
                 "state": {"terminated": {
                     "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
-                    "message": json.dumps(summary), "startedAt": now, "finishedAt": now}},
+                    "message": message, "startedAt": now, "finishedAt": now}},
             }],
         }})
 
