@@ -33,6 +33,7 @@ test:
 	@venv=$$(hack/python-env.sh); \
 	hack/install-binaries.sh >/dev/null; \
 	hack/install-prometheus.sh >/dev/null; \
+	hack/install-minio.sh >/dev/null; \
 	cd "$(CURDIR)" && "$$venv/bin/pytest" $(PYTEST_ARGS)
 
 test-unit:

@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from optimodel import storage
 from optimodel.builder.errors import BuildError
 
 log = logging.getLogger("optimodel.builder")
 
-PVC_ROOT_ENV = "OPTIMODEL_PVC_ROOT"
-DEFAULT_PVC_ROOT = "/mnt/pvc"
 REMOTE_TIMEOUT_S = 60.0
 
 Kind = Literal["local", "remote", "hf"]
@@ -57,11 +56,10 @@ def parse(uri: str) -> Location:
     if scheme == "file":
         return Location(uri, "local", "/" + rest.lstrip("/") if rest else "/")
     if scheme == "pvc":
-        claim_path = rest.strip("/")
-        if not claim_path:
-            raise BuildError("InvalidSpec", f"{uri}: pvc:// URIs need a claim name (pvc://claim/path)")
-        root = os.environ.get(PVC_ROOT_ENV, DEFAULT_PVC_ROOT)
-        return Location(uri, "local", os.path.join(root, claim_path))
+        try:
+            return Location(uri, "local", str(storage.pvc_path(uri)))
+        except ValueError as exc:
+            raise BuildError("InvalidSpec", str(exc)) from exc
     if scheme in ("s3", "https", "http"):
         return Location(uri, "remote", uri)
     if scheme == "hf":
@@ -84,9 +82,7 @@ def _filesystem(url: str):
 
         options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=None, connect=15, sock_read=REMOTE_TIMEOUT_S)}
     elif protocol == "s3":
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        if endpoint:
-            options["client_kwargs"] = {"endpoint_url": endpoint}
+        options.update(storage.s3_options())
     fs, path = fsspec.core.url_to_fs(url, **options)
     return fs, path
 

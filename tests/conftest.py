@@ -95,3 +95,20 @@ def namespace(cluster: Cluster) -> str:
             time.sleep(0.1)
     yield name
     api.delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.fixture(scope="session")
+def object_store():
+    """A real S3-compatible server (MinIO) on 127.0.0.1 for the session; stopped at the end."""
+    from objectstore import start_minio, stop_minio
+
+    try:
+        store, proc, data = start_minio()
+    except Exception as err:  # noqa: BLE001
+        if IN_CI:
+            pytest.fail(f"object store (MinIO) unavailable in CI: {err}")
+        pytest.skip(f"object store (MinIO) unavailable (run hack/install-minio.sh): {err}")
+    try:
+        yield store
+    finally:
+        stop_minio(proc, data)

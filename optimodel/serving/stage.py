@@ -29,6 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from optimodel import storage
 from optimodel.api.spec import Serving
 
 if TYPE_CHECKING:  # tritonclient's protobuf module is imported lazily (not in every image)
@@ -36,8 +37,6 @@ if TYPE_CHECKING:  # tritonclient's protobuf module is imported lazily (not in e
 
 Layout = Literal["native", "python"]
 LAYOUT_DIRS: dict[str, str] = {"native": "repository", "python": "repository-python"}
-PVC_ROOT_ENV = "OPTIMODEL_PVC_ROOT"
-DEFAULT_PVC_ROOT = "/mnt/pvc"
 
 
 class StageError(RuntimeError):
@@ -131,10 +130,10 @@ def local_path(uri: str) -> Path | None:
     if uri.startswith("file://"):
         return Path(uri[len("file://"):])
     if uri.startswith("pvc://"):
-        rest = uri[len("pvc://"):].strip("/")
-        if not rest:
-            raise StageError(f"{uri}: a pvc:// URI names a claim: pvc://<claim>/<path>")
-        return Path(os.environ.get(PVC_ROOT_ENV, DEFAULT_PVC_ROOT)) / rest
+        try:
+            return storage.pvc_path(uri)
+        except ValueError as exc:
+            raise StageError(str(exc)) from exc
     if "://" not in uri:
         return Path(uri)
     return None
@@ -145,11 +144,7 @@ def _filesystem(uri: str):
         import fsspec
     except ImportError as exc:  # pragma: no cover - depends on the image
         raise StageError(f"{uri}: remote sources need fsspec (and s3fs for s3://)") from exc
-    options = {}
-    if uri.startswith("s3://"):
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        if endpoint:
-            options["client_kwargs"] = {"endpoint_url": endpoint}
+    options = storage.s3_options() if uri.startswith("s3://") else {}
     fs, root = fsspec.core.url_to_fs(uri, **options)
     return fs, root.rstrip("/")
 
