@@ -13,15 +13,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from localcluster import free_port  # hack/ is on the tests' pythonpath
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -47,7 +41,7 @@ def start_minio() -> tuple[ObjectStore, subprocess.Popen, Path]:
     binary = subprocess.run([str(REPO / "hack" / "install-minio.sh")], check=True,
                             capture_output=True, text=True).stdout.strip()
     data = Path(tempfile.mkdtemp(prefix="optimodel-minio-"))
-    port, console = _free_port(), _free_port()
+    port, console = free_port(), free_port()
     store = ObjectStore(f"http://127.0.0.1:{port}", "optimodel", secrets.token_hex(12))
     env = {**os.environ, "MINIO_ROOT_USER": store.access_key, "MINIO_ROOT_PASSWORD": store.secret_key,
            "MINIO_BROWSER": "off", "MINIO_UPDATE": "off"}
