@@ -12,7 +12,6 @@ Run with the project venv:  $(hack/python-env.sh)/bin/python bench/operator_late
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import tempfile
@@ -20,18 +19,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "support"))
+sys.path[:0] = [str(REPO / "tests" / "support"), str(REPO / "hack")]
 
+import localcluster  # noqa: E402
 from kubernetes import client, config  # noqa: E402
 from opharness import Models, OperatorProcess, success_summary  # noqa: E402
-
-
-def load_localcluster():
-    spec = importlib.util.spec_from_file_location("localcluster", REPO / "hack" / "localcluster.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["localcluster"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def poll(predicate, timeout=30.0, interval=0.005):
@@ -50,7 +42,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "operator_latency.md")
     args = parser.parse_args()
 
-    lc = load_localcluster()
+    lc = localcluster
     state_dir = Path(tempfile.mkdtemp(prefix="optimodel-bench-"))
     state = lc.up(state_dir)
     op = None

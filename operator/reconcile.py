@@ -211,17 +211,17 @@ def _serve(kube: Kube, settings: OperatorSettings, model: m.ModelRef, engine: En
     kube.apply(m.triton_deployment(model, engine, settings), not_owned=(REPLICAS,) if scaling else ())
     kube.apply(m.triton_service(model))
     kube.apply(m.pod_disruption_budget(model))
-    choice = m.autoscaler_engine(model, keda_installed=kube.crd_installed(KEDA_CRD))
+    keda_installed = kube.crd_installed(KEDA_CRD)
+    choice = m.autoscaler_engine(model, keda_installed=keda_installed)
+    # Exactly one autoscaler (or none): remove the kind we do not use (404 = already gone).
+    if choice == "hpa":
+        kube.apply(m.horizontal_pod_autoscaler(model))
+    else:
+        kube.delete("autoscaling/v2", "HorizontalPodAutoscaler", model.namespace, model.name)
     if choice == "keda":
         kube.apply(m.scaled_object(model, settings))
-        kube.delete("autoscaling/v2", "HorizontalPodAutoscaler", model.namespace, model.name)
-    else:
-        if choice == "hpa":
-            kube.apply(m.horizontal_pod_autoscaler(model))
-        else:
-            kube.delete("autoscaling/v2", "HorizontalPodAutoscaler", model.namespace, model.name)
-        if kube.crd_installed(KEDA_CRD):
-            kube.delete("keda.sh/v1alpha1", "ScaledObject", model.namespace, model.name)
+    elif keda_installed:
+        kube.delete("keda.sh/v1alpha1", "ScaledObject", model.namespace, model.name)
     if kube.crd_installed(PODMONITOR_CRD):
         kube.apply(m.pod_monitor(model))
     return kube.get("apps/v1", "Deployment", model.namespace, model.name), choice or "none"

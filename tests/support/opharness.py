@@ -10,22 +10,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from kubernetes import client
+from localcluster import free_port  # hack/ is on the tests' pythonpath
 from polling import wait_for  # noqa: F401  (re-exported for tests)
 
 GROUP, VERSION, PLURAL = "optimodel.dev", "v1alpha1", "optimizedmodels"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class OperatorProcess:
