@@ -10,10 +10,15 @@ and a CPU pool. kwok drives Deployment pods to Running/Ready and Job pods to Suc
 pods labelled ``app.kubernetes.io/component=builder``: there is no real kubelet to run the
 builder, so a test (or a person) plays the kubelet for those by writing their status.
 
-Used by ``make dev-cluster`` / ``make dev-cluster-down`` and by the pytest session fixture.
+With ``--real-node`` a real kubelet node joins as well (``hack/realnode.py``: containerd, runc,
+bridge CNI, kube-proxy; the project's images from ``hack/images.py`` imported into it). The API
+server then listens on the node's bridge address so that pods reach it through the
+``kubernetes`` Service; without it, on 127.0.0.1 only.
+
+Used by ``make dev-cluster`` / ``make dev-cluster-down`` and by the pytest session fixtures.
 Standard library only, so it runs before any virtual environment exists.
 
-    python3 hack/localcluster.py up   [--state DIR]   # prints the kubeconfig path
+    python3 hack/localcluster.py up   [--state DIR] [--real-node]   # prints the kubeconfig path
     python3 hack/localcluster.py down [--state DIR]
 """
 
@@ -35,11 +40,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import pki  # noqa: E402  (hack/pki.py)
+import realnode  # noqa: E402  (hack/realnode.py)
+
 KUBE_VERSION = os.environ.get("KUBE_VERSION", "v1.34.4")
 CACHE = Path(os.environ.get("OPTIMODEL_CACHE", Path.home() / ".cache" / "optimodel"))
 DEFAULT_STATE = CACHE / "dev-cluster"
 BUILDER_POD_SELECTOR = "app.kubernetes.io/component=builder"
 
+SERVICE_CIDR = "10.96.0.0/16"
+KUBERNETES_SERVICE_IP = "10.96.0.1"
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
 NODE_POOLS = [
     # (pool, count, gpu product or None, gpus per node, compute capability)
@@ -57,9 +68,11 @@ def binary_dir() -> Path:
     return CACHE / "bin" / f"kube-{KUBE_VERSION}"
 
 
-def ensure_binaries() -> Path:
+def ensure_binaries(real_node: bool = False) -> Path:
     """Build missing binaries (no-op when cached). Fails loudly naming what is missing."""
     needed = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl"]
+    if real_node:
+        needed += ["kubelet", "kube-proxy"]
     bdir = binary_dir()
     if all((bdir / n).exists() for n in needed):
         return bdir
@@ -85,6 +98,8 @@ class ClusterState:
     token: str
     pids: dict[str, int] = field(default_factory=dict)
     ready_seconds: float = 0.0
+    real_node: bool = False
+    images: dict[str, str] = field(default_factory=dict)  # image name -> ref on the real node
 
     def save(self) -> None:
         Path(self.state_dir, "cluster.json").write_text(json.dumps(asdict(self), indent=2))
@@ -124,8 +139,7 @@ class ApiClient:
 
 
 def _write_kubeconfig(path: Path, server: str, token: str, ca_file: Path) -> None:
-    # JSON is valid YAML; kubectl and the Python client both read it. The CA is the one the
-    # apiserver generated for its self-signed serving certificate (the bundle's last block).
+    # JSON is valid YAML; kubectl and the Python client both read it.
     path.write_text(json.dumps({
         "apiVersion": "v1",
         "kind": "Config",
@@ -188,32 +202,69 @@ def _wait(what: str, check, timeout: float, procs: dict[str, subprocess.Popen], 
     raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}; logs in {logs}")
 
 
-def up(state_dir: Path, timeout: float = 120.0) -> ClusterState:
-    """Start the control plane and fake nodes; return when pods can be scheduled and run."""
+def make_pki(pki_dir: Path, host: str, real_node: bool) -> dict[str, pki.KeyPair]:
+    """The cluster CA, the API server's serving certificate, the aggregation layer's front proxy,
+    and (with a real node) the kubelet's, kube-proxy's and the API server's kubelet-client
+    certificates."""
+    ca = pki.certificate_authority(pki_dir, "ca", "optimodel-local-ca")
+    front_ca = pki.certificate_authority(pki_dir, "front-proxy-ca", "optimodel-front-proxy-ca")
+    pairs = {
+        "ca": ca,
+        "front-proxy-ca": front_ca,
+        "apiserver": pki.issue(ca, pki_dir, "apiserver", "kube-apiserver", server=True,
+                               dns=("localhost", "kubernetes", "kubernetes.default",
+                                    "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"),
+                               ips=tuple(sorted({"127.0.0.1", host, KUBERNETES_SERVICE_IP}))),
+        "front-proxy-client": pki.issue(front_ca, pki_dir, "front-proxy-client", "front-proxy-client"),
+    }
+    if real_node:
+        pairs["kubelet"] = pki.issue(ca, pki_dir, "kubelet", f"system:node:{realnode.NODE_NAME}",
+                                     organizations=("system:nodes",))
+        pairs["kube-proxy"] = pki.issue(ca, pki_dir, "kube-proxy", "system:kube-proxy")
+        pairs["apiserver-kubelet-client"] = pki.issue(ca, pki_dir, "apiserver-kubelet-client",
+                                                      "kube-apiserver-kubelet-client",
+                                                      organizations=("system:masters",))
+    return pairs
+
+
+def node_images() -> dict[str, str]:
+    """{name: ref} of the project's images, built by hack/images.py when missing."""
+    import images  # hack/images.py
+
+    return {name: image.ref for name, image in images.build(list(images.all_images())).items()}
+
+
+def up(state_dir: Path, timeout: float = 120.0, real_node: bool = False) -> ClusterState:
+    """Start the control plane and fake nodes (and a real one); return when pods can run."""
     t0 = time.monotonic()
-    bdir = ensure_binaries()
+    bdir = ensure_binaries(real_node)
     existing = ClusterState.load(state_dir)
-    if existing and healthy(existing):
+    if existing and healthy(existing) and existing.real_node == real_node:
         log(f"reusing running cluster at {existing.server}")
         return existing
     if existing:
         down(state_dir)
+    built_images = node_images() if real_node else {}
     state_dir.mkdir(parents=True, exist_ok=True)
     logs = state_dir / "logs"
     logs.mkdir(exist_ok=True)
-    pki = state_dir / "pki"
-    pki.mkdir(exist_ok=True)
+    pki_dir = state_dir / "pki"
+    pki_dir.mkdir(exist_ok=True)
+    if real_node:
+        realnode.prepare_host(state_dir)  # the bridge carries the address the API server binds
+    host = realnode.NODE_IP if real_node else "127.0.0.1"
+    certs = make_pki(pki_dir, host, real_node)
 
     token = os.urandom(16).hex()
-    (pki / "tokens.csv").write_text(f'{token},admin,admin-uid,"system:masters"\n')
-    sa_key = pki / "sa.key"
+    (pki_dir / "tokens.csv").write_text(f'{token},admin,admin-uid,"system:masters"\n')
+    sa_key = pki_dir / "sa.key"
     subprocess.run(["openssl", "genrsa", "-out", str(sa_key), "2048"], check=True,
                    capture_output=True)
-    subprocess.run(["openssl", "rsa", "-in", str(sa_key), "-pubout", "-out", str(pki / "sa.pub")],
+    subprocess.run(["openssl", "rsa", "-in", str(sa_key), "-pubout", "-out", str(pki_dir / "sa.pub")],
                    check=True, capture_output=True)
 
     etcd_port, etcd_peer, api_port, kwok_port = free_port(), free_port(), free_port(), free_port()
-    server = f"https://127.0.0.1:{api_port}"
+    server = f"https://{host}:{api_port}"
     kubeconfig = state_dir / "kubeconfig"
     kwok_config = state_dir / "kwok.yaml"
     kwok_config.write_text(
@@ -222,7 +273,45 @@ def up(state_dir: Path, timeout: float = 120.0) -> ClusterState:
         "options:\n"
         f"  disregardStatusWithLabelSelector: {BUILDER_POD_SELECTOR}\n"
     )
-
+    apiserver = [
+        str(bdir / "kube-apiserver"),
+        "--etcd-servers", f"http://127.0.0.1:{etcd_port}",
+        "--bind-address", host, "--advertise-address", host,
+        "--secure-port", str(api_port), "--cert-dir", str(pki_dir),
+        "--tls-cert-file", str(certs["apiserver"].cert),
+        "--tls-private-key-file", str(certs["apiserver"].key),
+        "--client-ca-file", str(certs["ca"].cert),
+        "--token-auth-file", str(pki_dir / "tokens.csv"),
+        "--authorization-mode", "Node,RBAC",
+        "--enable-admission-plugins", "NodeRestriction",
+        "--service-account-issuer", "https://kubernetes.default.svc",
+        "--service-account-key-file", str(pki_dir / "sa.pub"),
+        "--service-account-signing-key-file", str(sa_key),
+        "--service-cluster-ip-range", SERVICE_CIDR,
+        # The aggregation layer (custom.metrics.k8s.io from prometheus-adapter or KEDA).
+        "--requestheader-client-ca-file", str(certs["front-proxy-ca"].cert),
+        "--requestheader-allowed-names", "front-proxy-client",
+        "--requestheader-username-headers", "X-Remote-User",
+        "--requestheader-group-headers", "X-Remote-Group",
+        "--requestheader-extra-headers-prefix", "X-Remote-Extra-",
+        "--proxy-client-cert-file", str(certs["front-proxy-client"].cert),
+        "--proxy-client-key-file", str(certs["front-proxy-client"].key),
+        "--enable-aggregator-routing=true",
+        # Like real clusters: privileged pods are legal API objects, and Pod Security
+        # admission (enabled by default) is what refuses them per namespace.
+        "--allow-privileged=true",
+        "--profiling=false", "--v", "1",
+    ]
+    if real_node:
+        # Pods reach the API server through the `kubernetes` Service, whose endpoint is the
+        # advertised node address; the API server reaches kubelets by their InternalIP.
+        apiserver += [
+            "--kubelet-client-certificate", str(certs["apiserver-kubelet-client"].cert),
+            "--kubelet-client-key", str(certs["apiserver-kubelet-client"].key),
+            "--kubelet-preferred-address-types", "InternalIP",
+        ]
+    else:
+        apiserver += ["--endpoint-reconciler-type", "none"]
     commands = {
         "etcd": [
             str(bdir / "etcd"), "--name", "default", "--data-dir", str(state_dir / "etcd"),
@@ -233,26 +322,10 @@ def up(state_dir: Path, timeout: float = 120.0) -> ClusterState:
             "--initial-cluster", f"default=http://127.0.0.1:{etcd_peer}",
             "--unsafe-no-fsync", "--log-level", "warn",
         ],
-        "kube-apiserver": [
-            str(bdir / "kube-apiserver"),
-            "--etcd-servers", f"http://127.0.0.1:{etcd_port}",
-            "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
-            "--secure-port", str(api_port), "--cert-dir", str(pki),
-            "--token-auth-file", str(pki / "tokens.csv"),
-            "--authorization-mode", "RBAC",
-            "--service-account-issuer", "https://kubernetes.default.svc",
-            "--service-account-key-file", str(pki / "sa.pub"),
-            "--service-account-signing-key-file", str(sa_key),
-            "--service-cluster-ip-range", "10.96.0.0/16",
-            "--endpoint-reconciler-type", "none",
-            # Like real clusters: privileged pods are legal API objects, and Pod Security
-            # admission (enabled by default) is what refuses them per namespace.
-            "--allow-privileged=true",
-            "--profiling=false", "--v", "1",
-        ],
+        "kube-apiserver": apiserver,
     }
     procs: dict[str, subprocess.Popen] = {}
-    state = ClusterState(str(state_dir), str(kubeconfig), server, token)
+    state = ClusterState(str(state_dir), str(kubeconfig), server, token, real_node=real_node)
 
     def start(name: str, cmd: list[str]) -> None:
         out = open(logs / f"{name}.log", "ab")
@@ -261,6 +334,12 @@ def up(state_dir: Path, timeout: float = 120.0) -> ClusterState:
         state.pids[name] = procs[name].pid
         state.save()
 
+    def alive() -> None:
+        for name, proc in procs.items():
+            if proc.poll() is not None:
+                tail = (logs / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{tail}")
+
     try:
         start("etcd", commands["etcd"])
         start("kube-apiserver", commands["kube-apiserver"])
@@ -268,11 +347,12 @@ def up(state_dir: Path, timeout: float = 120.0) -> ClusterState:
         _wait("kube-apiserver /readyz", lambda: api.request("GET", "/readyz")[0] == 200,
               timeout, procs, logs)
         log(f"kube-apiserver ready after {time.monotonic() - t0:.1f}s")
-        _write_kubeconfig(kubeconfig, server, token, pki / "apiserver.crt")
+        _write_kubeconfig(kubeconfig, server, token, certs["ca"].cert)
         start("kube-controller-manager", [
             str(bdir / "kube-controller-manager"), "--kubeconfig", str(kubeconfig),
             "--leader-elect=false", "--secure-port", "0",
             "--service-account-private-key-file", str(sa_key),
+            "--root-ca-file", str(certs["ca"].cert),
             "--use-service-account-credentials=false",
             "--controllers", "*,-nodeipam,-service-lb-controller,-route,-cloud-node-lifecycle",
             "--concurrent-gc-syncs", "10", "--v", "1",
@@ -293,15 +373,23 @@ def up(state_dir: Path, timeout: float = 120.0) -> ClusterState:
                                            _node_manifest(pool, i, product, gpus, cc))
                 if status not in (201, 409):
                     raise RuntimeError(f"creating node kwok-{pool}-{i}: HTTP {status}: {body}")
+        if real_node:
+            import images  # hack/images.py
+
+            state.images = built_images
+            realnode.start(state_dir, bdir, certs, server, start, free_port, built_images["pause"],
+                           list(built_images.values()), images.export_command, alive)
+
+        expected = sum(p[1] for p in NODE_POOLS) + (1 if real_node else 0)
 
         def nodes_ready() -> bool:
-            _, body = api.request("GET", "/api/v1/nodes?labelSelector=type%3Dkwok")
+            _, body = api.request("GET", "/api/v1/nodes")
             items = body.get("items", []) if isinstance(body, dict) else []
             ready = [n for n in items for c in n.get("status", {}).get("conditions", [])
                      if c["type"] == "Ready" and c["status"] == "True"]
-            return len(ready) == sum(p[1] for p in NODE_POOLS)
+            return len(ready) == expected
 
-        _wait("kwok nodes Ready", nodes_ready, timeout, procs, logs)
+        _wait(f"{expected} nodes Ready", nodes_ready, timeout, procs, logs)
         _wait("controller-manager (default ServiceAccount)",
               lambda: api.request("GET", "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
               timeout, procs, logs)
@@ -311,7 +399,8 @@ def up(state_dir: Path, timeout: float = 120.0) -> ClusterState:
     state.ready_seconds = round(time.monotonic() - t0, 2)
     state.save()
     log(f"control plane {KUBE_VERSION} ready in {state.ready_seconds:.1f}s "
-        f"({sum(p[1] for p in NODE_POOLS)} kwok nodes); kubeconfig: {kubeconfig}")
+        f"({sum(p[1] for p in NODE_POOLS)} kwok nodes{', 1 real node' if real_node else ''}); "
+        f"kubeconfig: {kubeconfig}")
     return state
 
 
@@ -325,6 +414,13 @@ def healthy(state: ClusterState) -> bool:
 def down(state_dir: Path, keep_logs: bool = False) -> None:
     """Stop every process the cluster started and remove its state."""
     state = ClusterState.load(state_dir)
+    if state and state.real_node:
+        api = ApiClient(state.server, state.token)
+        request = (lambda method, path, body, ctype="application/json":
+                   api.request(method, path, body, ctype)) if healthy(state) else None
+        realnode.stop(state_dir, request, state.pids)
+    elif realnode.HOST_RECORD.is_file() and str(state_dir) in realnode.HOST_RECORD.read_text():
+        realnode.cleanup_host(state_dir)  # a node whose cluster state was lost mid-start
     if state:
         # Reverse start order: clients first, etcd last.
         for name, pid in reversed(list(state.pids.items())):
@@ -334,17 +430,9 @@ def down(state_dir: Path, keep_logs: bool = False) -> None:
                 continue
         deadline = time.monotonic() + 15
         for name, pid in state.pids.items():
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                try:  # reap if it is our child
-                    os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    pass
+            while realnode.process_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            else:
+            if realnode.process_alive(pid):
                 try:
                     os.killpg(pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -362,9 +450,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["up", "down", "status"])
     parser.add_argument("--state", type=Path, default=DEFAULT_STATE,
                         help=f"state directory (default {DEFAULT_STATE})")
+    parser.add_argument("--real-node", action="store_true",
+                        help="also run a real kubelet node (containerd, runc, bridge CNI, kube-proxy)")
     args = parser.parse_args(argv)
     if args.action == "up":
-        state = up(args.state)
+        state = up(args.state, real_node=args.real_node)
         print(state.kubeconfig)
     elif args.action == "down":
         down(args.state)

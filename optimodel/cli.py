@@ -35,6 +35,12 @@ def _stage(_: argparse.Namespace, rest: list[str]) -> int:
     return stage_main(rest)
 
 
+def _tritonserver(_: argparse.Namespace, rest: list[str]) -> int:
+    from optimodel.serving.cli import tritonserver_main
+
+    return tritonserver_main(rest)
+
+
 def _demo(_: argparse.Namespace, rest: list[str]) -> int:
     from optimodel.serving.demo import main as demo_main
 
@@ -52,6 +58,8 @@ COMMANDS = {
     "build": (_build, "compress, compile, verify and benchmark a model; write a Triton repository"),
     "serve": (_serve, "serve a built model repository with a local Triton Inference Server"),
     "stage-repository": (_stage, "copy a built repository into a Triton pod and apply serving settings"),
+    "tritonserver": (_tritonserver, "run the local Triton Inference Server (pytriton wheel, Python "
+                                    "backend) with tritonserver's own arguments"),
     "demo": (_demo, "the main job locally: build MiniLM, serve it with Triton, send real traffic"),
     "operator": (_operator, "run the Kubernetes operator (kopf)"),
 }

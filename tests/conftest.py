@@ -26,10 +26,13 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 class Cluster:
     """What a test needs to talk to the control plane."""
 
-    def __init__(self, kubeconfig: str, bin_dir: Path, ready_seconds: float | None):
+    def __init__(self, kubeconfig: str, bin_dir: Path, ready_seconds: float | None,
+                 images: dict[str, str] | None = None, state_dir: Path | None = None):
         self.kubeconfig = kubeconfig
         self.bin_dir = bin_dir
         self.ready_seconds = ready_seconds
+        self.images = images or {}  # on a cluster with a real node: image name -> ref
+        self.state_dir = state_dir
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -71,9 +74,46 @@ def cluster(tmp_path_factory) -> Cluster:
         localcluster.down(state_dir)
 
 
-@pytest.fixture
-def namespace(cluster: Cluster) -> str:
-    """A fresh namespace with Pod Security `restricted` enforced; deleted after the test."""
+def _unavailable(what: str, err: object) -> None:
+    if IN_CI:
+        pytest.fail(f"{what} unavailable in CI: {err}")
+    pytest.skip(f"{what} unavailable: {err}")
+
+
+@pytest.fixture(scope="session")
+def node_cluster() -> Cluster:
+    """A second control plane with a *real* kubelet node (containerd, runc, bridge CNI,
+    kube-proxy) and the project's images imported into it, for the tiers that run real pods.
+
+    Separate from ``cluster`` so that the kwok-only tiers never depend on the container runtime.
+    In CI a missing runtime piece (containerd, runc, CNI plugins, kubelet, images) fails.
+    """
+    import realnode
+
+    missing = realnode.missing_host_pieces()
+    if missing:
+        _unavailable("real node", f"missing {', '.join(missing)}; {realnode.INSTALL_HINT}")
+    try:
+        bin_dir = localcluster.ensure_binaries(real_node=True)
+    except Exception as err:  # noqa: BLE001
+        _unavailable("kubelet/kube-proxy binaries", err)
+    state_dir = Path(tempfile.mkdtemp(prefix="optimodel-node-"))
+    try:
+        state = localcluster.up(state_dir, timeout=240, real_node=True)
+    except Exception as err:  # noqa: BLE001
+        logs = state_dir / "logs"
+        tails = "".join(f"\n--- {p.name} ---\n{p.read_text(errors='replace')[-1500:]}"
+                        for p in sorted(logs.glob("*.log"))) if logs.is_dir() else ""
+        shutil.rmtree(state_dir, ignore_errors=True)
+        _unavailable("control plane with a real node", f"{err}{tails}")
+    print(f"\n[node-cluster] control plane + real node ready in {state.ready_seconds:.1f}s")
+    try:
+        yield Cluster(state.kubeconfig, bin_dir, state.ready_seconds, state.images, state_dir)
+    finally:
+        localcluster.down(state_dir)
+
+
+def _make_namespace(cluster: Cluster) -> str:
     from kubernetes import client
 
     name = f"t-{uuid.uuid4().hex[:8]}"
@@ -93,8 +133,27 @@ def namespace(cluster: Cluster) -> str:
             break
         except client.ApiException:
             time.sleep(0.1)
+    return name
+
+
+@pytest.fixture
+def namespace(cluster: Cluster) -> str:
+    """A fresh namespace with Pod Security `restricted` enforced; deleted after the test."""
+    from kubernetes import client
+
+    name = _make_namespace(cluster)
     yield name
-    api.delete_namespace(name, propagation_policy="Background")
+    client.CoreV1Api(cluster.api_client()).delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.fixture
+def node_namespace(node_cluster: Cluster) -> str:
+    """Like ``namespace``, on the cluster with the real node."""
+    from kubernetes import client
+
+    name = _make_namespace(node_cluster)
+    yield name
+    client.CoreV1Api(node_cluster.api_client()).delete_namespace(name, propagation_policy="Background")
 
 
 @pytest.fixture(scope="session")

@@ -151,3 +151,23 @@ def stage_main(argv: list[str]) -> int:
         "kind": "KIND_GPU" if group.kind == group.KIND_GPU else "KIND_CPU",
     }, separators=(",", ":")))
     return 0
+
+
+def tritonserver_main(argv: list[str]) -> int:
+    """``optimodel tritonserver ARGS``: the local Triton, with ``tritonserver``'s own arguments.
+
+    ``--prepare-only`` assembles the Python backend directory and exits (the local Triton image
+    does this at build time, so a read-only root filesystem works at run time).
+    """
+    from optimodel.serving.local_triton import TritonError, exec_server, prepare_backend_dir
+
+    try:
+        if argv == ["--prepare-only"]:
+            print(prepare_backend_dir())
+            return 0
+        exec_server(argv)
+    except TritonError as exc:
+        print(f"optimodel tritonserver: {exc}", file=sys.stderr)
+        return 2
+    return 0  # not reached: exec_server replaces the process
+

@@ -163,6 +163,19 @@ def server_environment(layout: TritonLayout, base: dict[str, str] | None = None)
     return env
 
 
+def exec_server(args: Sequence[str]) -> None:
+    """Replace this process with the wheel's ``tritonserver``, its Python backend prepared.
+
+    This is what the local Triton image runs as ``tritonserver``: a drop-in for NVIDIA's binary
+    (same arguments), so the operator's Deployment is the same for both images. Signals go
+    straight to Triton (``exec``), which drains in-flight requests on SIGTERM.
+    """
+    layout = triton_layout()
+    backend_dir = prepare_backend_dir(layout)
+    argv = [str(layout.binary), f"--backend-directory={backend_dir}", *args]
+    os.execve(str(layout.binary), argv, server_environment(layout))
+
+
 # --------------------------------------------------------------------------------------------
 # Ports and HTTP helpers
 # --------------------------------------------------------------------------------------------

@@ -69,7 +69,7 @@ def test_hadolint_is_clean():
 
 
 def test_targets_exist():
-    assert {"operator", "builder"} <= set(stages())
+    assert {"operator", "builder", "builder-cpu", "triton-local"} <= set(stages())
 
 
 def test_base_images_are_pinned():
@@ -95,7 +95,7 @@ def test_builder_tensorrt_matches_the_default_triton():
 
 
 def test_users_are_numeric_and_non_root():
-    for name in ("operator", "builder"):
+    for name in ("operator", "builder", "builder-cpu", "triton-local"):
         users = [rest for word, rest in stages()[name] if word == "USER"]
         assert users, f"stage {name} runs as root"
         uid, _, gid = users[-1].partition(":")
@@ -144,8 +144,11 @@ def test_version_and_pins_agree_with_pyproject():
     extras = PYPROJECT["project"]["optional-dependencies"]
     operator_run = " ".join(r for w, r in stages()["operator"] if w == "RUN")
     builder_run = " ".join(r for w, r in stages()["builder"] if w == "RUN")
-    assert "-py3-none-any.whl[stage]" in operator_run and "torch" not in operator_run
+    assert "['optional-dependencies']['stage']" in operator_run and "torch" not in operator_run
     assert "-py3-none-any.whl[builder]" in builder_run
+    for target, extra in (("builder-cpu", "builder"), ("triton-local", "triton-local")):
+        run = " ".join(r for w, r in stages()[target] if w == "RUN")
+        assert f"['optional-dependencies']['{extra}']" in run and "--no-deps" in run, target
     # The staging pins are the builder's pins: one artifact format, one reader/writer version.
     builder_pins = {re.split(r"[=<>\[]", r)[0]: r for r in extras["builder"]}
     for requirement in extras["stage"]:
