@@ -92,8 +92,41 @@ CONTAINER_SECURITY_CONTEXT = {
 
 # --- build ---------------------------------------------------------------------------------
 
-def gpu_product(model: ModelRef, settings: OperatorSettings) -> str:
+def on_cpu(model: ModelRef) -> bool:
+    """``serving.gpu.count: 0``: built and served on CPU nodes, no GPU requested."""
+    return model.spec.serving.gpu.count == 0
+
+
+def gpu_product(model: ModelRef, settings: OperatorSettings) -> str | None:
+    """The GPU type the engine is built for and served on; ``None`` on CPU."""
+    if on_cpu(model):
+        return None
     return model.spec.serving.gpu.product or settings.default_gpu_product
+
+
+def placement(model: ModelRef, settings: OperatorSettings, product: str | None = None
+              ) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """(nodeSelector, tolerations) of builder and Triton pods: the GPU type, or the CPU pool."""
+    if on_cpu(model):
+        return dict(settings.cpu_node_selector), [dict(t) for t in settings.cpu_tolerations]
+    return ({"nvidia.com/gpu.product": product or gpu_product(model, settings)},
+            [dict(t) for t in settings.gpu_tolerations])
+
+
+def placement_fields(node_selector: dict[str, str], tolerations: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pod spec fields for a placement; empty ones are left out (the API server drops them, and a
+    field we set but the server omits would look like drift on every reconcile)."""
+    fields: dict[str, Any] = {}
+    if node_selector:
+        fields["nodeSelector"] = node_selector
+    if tolerations:
+        fields["tolerations"] = tolerations
+    return fields
+
+
+def gpu_resources(model: ModelRef) -> dict[str, str]:
+    """The extended resource a pod requests (and limits) for its GPUs; none on CPU."""
+    return {} if on_cpu(model) else {"nvidia.com/gpu": str(model.spec.serving.gpu.count)}
 
 
 def build_spec(model: ModelRef, settings: OperatorSettings) -> BuildSpec:
@@ -145,10 +178,11 @@ def builder_job(model: ModelRef, key: str, settings: OperatorSettings) -> dict[s
     artifact_claim = _pvc_claim(output)
     volumes, mounts, env_from = _storage(model, settings, sources=sources,
                                          writable={artifact_claim} if artifact_claim else set())
-    gpus = model.spec.serving.gpu.count
+    gpus = gpu_resources(model)
+    node_selector, tolerations = placement(model, settings)
     container = {
         "name": "builder",
-        "image": settings.builder_image,
+        "image": (settings.builder_cpu_image or settings.builder_image) if on_cpu(model) else settings.builder_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["optimodel"],
         "args": ["build", "--spec-json", spec_json, "--output", output,
@@ -159,9 +193,8 @@ def builder_job(model: ModelRef, key: str, settings: OperatorSettings) -> dict[s
             {"name": "HOME", "value": "/tmp"},
         ],
         "resources": {
-            "requests": {"cpu": settings.builder_cpu, "memory": settings.builder_memory,
-                         "nvidia.com/gpu": str(gpus)},
-            "limits": {"memory": settings.builder_memory, "nvidia.com/gpu": str(gpus)},
+            "requests": {"cpu": settings.builder_cpu, "memory": settings.builder_memory, **gpus},
+            "limits": {"memory": settings.builder_memory, **gpus},
         },
         "securityContext": CONTAINER_SECURITY_CONTEXT,
         "terminationMessagePath": TERMINATION_MESSAGE_PATH,
@@ -180,8 +213,7 @@ def builder_job(model: ModelRef, key: str, settings: OperatorSettings) -> dict[s
                 "serviceAccountName": settings.builder_service_account,
                 "automountServiceAccountToken": False,
                 "securityContext": pod_security_context(settings),
-                "nodeSelector": {"nvidia.com/gpu.product": gpu_product(model, settings)},
-                "tolerations": [dict(t) for t in settings.gpu_tolerations],
+                **placement_fields(node_selector, tolerations),
                 "containers": [container],
                 "volumes": [{"name": "work", "emptyDir": {}}, *volumes],
             },
@@ -226,7 +258,8 @@ def triton_deployment(model: ModelRef, engine: EngineStatus, settings: OperatorS
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["optimodel"],
         "args": ["stage-repository", "--from", f"{engine.uri}/repository", "--to", MODELS_DIR,
-                 "--model-name", model.name, "--serving-json", serving_json, "--layout", "native"],
+                 "--model-name", model.name, "--serving-json", serving_json,
+                 "--layout", settings.triton_repository_layout],
         "env": [{"name": "OPTIMODEL_PVC_ROOT", "value": settings.pvc_mount_root},
                 {"name": "HOME", "value": "/tmp"}],
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
@@ -236,11 +269,12 @@ def triton_deployment(model: ModelRef, engine: EngineStatus, settings: OperatorS
     }
     if env_from:
         stage["envFrom"] = env_from
-    gpus = str(serving.gpu.count)
+    gpus = gpu_resources(model)
     resources: dict[str, Any] = {
-        "requests": {"cpu": settings.triton_cpu, "memory": settings.triton_memory, "nvidia.com/gpu": gpus},
-        "limits": {"memory": settings.triton_memory, "nvidia.com/gpu": gpus},
+        "requests": {"cpu": settings.triton_cpu, "memory": settings.triton_memory, **gpus},
+        "limits": {"memory": settings.triton_memory, **gpus},
     }
+    node_selector, tolerations = placement(model, settings, engine.gpu_product)
     for name, quantity in (serving.resources or {}).items():
         resources["requests"][name] = quantity
         if name == "memory":
@@ -298,8 +332,7 @@ def triton_deployment(model: ModelRef, engine: EngineStatus, settings: OperatorS
                 "spec": {
                     "automountServiceAccountToken": False,
                     "securityContext": pod_security_context(settings),
-                    "nodeSelector": {"nvidia.com/gpu.product": engine.gpu_product or gpu_product(model, settings)},
-                    "tolerations": [dict(t) for t in settings.gpu_tolerations],
+                    **placement_fields(node_selector, tolerations),
                     "terminationGracePeriodSeconds": 30,
                     "initContainers": [stage],
                     "containers": [triton],

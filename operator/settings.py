@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -39,6 +39,17 @@ class OperatorSettings(BaseModel):
         default="nvcr.io/nvidia/tritonserver:25.01-py3",
         description="NVIDIA Triton Inference Server image serving the engines.",
     )
+    builder_cpu_image: str | None = Field(
+        default=None,
+        description="Image of build Jobs for models served on CPU (spec.serving.gpu.count 0), "
+        "e.g. the Dockerfile target `builder-cpu`; unset = builder_image.",
+    )
+    triton_repository_layout: Literal["native", "python"] = Field(
+        default="native",
+        description="Which repository variant of a build the Triton image serves: native "
+        "(ONNX Runtime / TensorRT backends, NVIDIA's image) or python (Python backend running "
+        "ONNX Runtime, for a Triton without the ONNX Runtime backend such as the local CPU image).",
+    )
     image_pull_policy: str = Field(default="IfNotPresent")
     artifact_root: str = Field(
         default="pvc://optimodel-artifacts",
@@ -57,6 +68,15 @@ class OperatorSettings(BaseModel):
     gpu_tolerations: list[dict[str, Any]] = Field(
         default_factory=lambda: [dict(t) for t in DEFAULT_GPU_TOLERATIONS],
         description="Tolerations (JSON list) added to builder and Triton pods for GPU node taints.",
+    )
+    cpu_node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="nodeSelector (JSON object) of builder and Triton pods of models served on "
+        "CPU (spec.serving.gpu.count 0).",
+    )
+    cpu_tolerations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Tolerations (JSON list) of builder and Triton pods of models served on CPU.",
     )
     build_backoff_limit: int = Field(default=0, ge=0, le=10,
                                      description="Job backoffLimit: builds are deterministic, retry rarely helps.")
@@ -89,7 +109,7 @@ class OperatorSettings(BaseModel):
             return [n.strip() for n in value.split(",") if n.strip()]
         return value
 
-    @field_validator("gpu_tolerations", mode="before")
+    @field_validator("gpu_tolerations", "cpu_tolerations", "cpu_node_selector", mode="before")
     @classmethod
     def _parse_json(cls, value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value

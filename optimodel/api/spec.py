@@ -185,7 +185,11 @@ class Optimization(ApiModel):
 class GPU(ApiModel):
     """GPUs per serving pod and the GPU model they must be."""
 
-    count: int = Field(default=1, ge=1, le=8, description="nvidia.com/gpu per Triton pod.")
+    count: int = Field(
+        default=1, ge=0, le=8,
+        description="nvidia.com/gpu per Triton pod. 0 = serve (and build) on CPU: no GPU is "
+        "requested, pods go to the operator's CPU placement, and the engine is an ONNX Runtime one.",
+    )
     product: str | None = Field(
         default=None, max_length=63, pattern=r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
         description="Value of the nvidia.com/gpu.product node label (e.g. NVIDIA-H100-80GB-HBM3). "

@@ -66,8 +66,9 @@ def apply_serving(config: "ModelConfig", serving: Serving, *, layout: Layout = "
       or removes it. A model without a batch dimension (``max_batch_size: 0``) gets none.
     - instances: one ``instance_group`` replaces the builder's. Native layout:
       ``KIND_GPU``, ``gpus: [0 .. gpu.count-1]``, ``count: instancesPerGpu`` (Triton's count is
-      *per listed GPU*), i.e. ``instancesPerGpu * gpu.count`` instances in all. Python layout:
-      ``KIND_CPU``, ``count: instancesPerGpu * gpu.count``.
+      *per listed GPU*), i.e. ``instancesPerGpu * gpu.count`` instances in all. Python layout, or
+      a model served on CPU (``gpu.count: 0``): ``KIND_CPU``, ``count: instancesPerGpu * max(1,
+      gpu.count)``.
     - ``model_name``: renames the model (the directory it is staged into must match).
 
     The engine's own properties (inputs, outputs, ``max_batch_size``, platform/backend) are left
@@ -96,15 +97,15 @@ def apply_serving(config: "ModelConfig", serving: Serving, *, layout: Layout = "
 
     out.ClearField("instance_group")
     group = out.instance_group.add()
-    if layout == "native":
+    if layout not in LAYOUT_DIRS:
+        raise ValueError(f"unknown layout {layout!r} (native or python)")
+    if layout == "native" and serving.gpu.count > 0:
         group.kind = mc.ModelInstanceGroup.KIND_GPU
         group.count = serving.instances_per_gpu
         group.gpus.extend(range(serving.gpu.count))
-    elif layout == "python":
+    else:  # the Python backend, or a model served on CPU (gpu.count 0)
         group.kind = mc.ModelInstanceGroup.KIND_CPU
-        group.count = serving.instances_per_gpu * serving.gpu.count
-    else:
-        raise ValueError(f"unknown layout {layout!r} (native or python)")
+        group.count = serving.instances_per_gpu * max(1, serving.gpu.count)
     return out
 
 

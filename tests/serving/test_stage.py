@@ -82,6 +82,14 @@ def test_python_layout_runs_cpu_instances():
     assert got == want
 
 
+@pytest.mark.parametrize("layout", ["native", "python"])
+def test_a_model_served_on_cpu_gets_cpu_instances_in_either_layout(layout):
+    """gpu.count 0: the engine was built and measured on CPU, so it never asks Triton for a GPU."""
+    got = apply_serving(built(), serving(gpu={"count": 0}, instancesPerGpu=2), layout=layout)
+    assert got == expected(text="instance_group { count: 2 kind: KIND_CPU } "
+                                "dynamic_batching { max_queue_delay_microseconds: 100 }")
+
+
 def test_dynamic_batching_off_removes_the_batcher():
     got = apply_serving(built(), serving(dynamicBatching={"enabled": False}))
     assert not got.HasField("dynamic_batching")

@@ -257,3 +257,51 @@ def test_quantity(value, text):
 def test_long_names_stay_valid_label_values():
     ref = m.ModelRef("m" * 63, "ml", "u", MODEL.spec)
     assert len(m.job_name(ref, KEY)) <= 63
+
+
+# --- serving on CPU (spec.serving.gpu.count 0) ---------------------------------------------
+
+CPU_SETTINGS = OperatorSettings(
+    builder_image="reg/builder:1", builder_cpu_image="reg/builder-cpu:1", operator_image="reg/operator:1",
+    triton_image="reg/triton-cpu:1", triton_repository_layout="python", artifact_root="s3://engines",
+    cpu_node_selector={"pool": "cpu"},
+    cpu_tolerations=[{"key": "dedicated", "operator": "Equal", "value": "inference", "effect": "NoSchedule"}],
+)
+CPU_MODEL = m.ModelRef("minilm", "ml", "uid-1", OptimizedModelSpec.model_validate(
+    {**SPEC, "optimization": {"precision": "auto"}, "serving": {"gpu": {"count": 0}}}))
+CPU_ENGINE = EngineStatus(key=KEY, uri=f"s3://engines/ml/minilm/{KEY}", precision="int8", target="onnxruntime")
+
+
+def test_cpu_model_builds_and_serves_on_the_cpu_pool_without_gpus():
+    job_pod = m.builder_job(CPU_MODEL, KEY, CPU_SETTINGS)["spec"]["template"]["spec"]
+    (builder,) = job_pod["containers"]
+    assert builder["image"] == "reg/builder-cpu:1"
+    assert builder["resources"] == {"requests": {"cpu": "8", "memory": "32Gi"}, "limits": {"memory": "32Gi"}}
+    assert job_pod["nodeSelector"] == {"pool": "cpu"}
+    assert job_pod["tolerations"] == CPU_SETTINGS.cpu_tolerations
+    assert m.build_spec(CPU_MODEL, CPU_SETTINGS).gpu_product is None
+
+    pod = m.triton_deployment(CPU_MODEL, CPU_ENGINE, CPU_SETTINGS)["spec"]["template"]["spec"]
+    (triton,) = pod["containers"]
+    assert triton["image"] == "reg/triton-cpu:1"
+    assert triton["resources"] == {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "8Gi"}}
+    assert (pod["nodeSelector"], pod["tolerations"]) == ({"pool": "cpu"}, CPU_SETTINGS.cpu_tolerations)
+    stage_args = pod["initContainers"][0]["args"]
+    assert stage_args[stage_args.index("--layout") + 1] == "python"
+
+
+def test_cpu_placement_without_settings_leaves_the_fields_out():
+    """An empty nodeSelector/tolerations is omitted: the API server would drop it and every
+    reconcile would see a difference."""
+    settings = OperatorSettings(builder_image="reg/builder:1")
+    pod = m.builder_job(CPU_MODEL, KEY, settings)["spec"]["template"]["spec"]
+    assert "nodeSelector" not in pod and "tolerations" not in pod
+    assert pod["containers"][0]["image"] == "reg/builder:1"  # no CPU image configured: the one builder
+
+
+def test_gpu_and_cpu_models_of_the_same_source_have_different_build_keys():
+    from optimodel.api.key import build_key
+
+    gpu = m.ModelRef("minilm", "ml", "uid-1", OptimizedModelSpec.model_validate(
+        {**SPEC, "optimization": {"precision": "auto"}}))
+    assert build_key(m.build_spec(gpu, CPU_SETTINGS)) != build_key(m.build_spec(CPU_MODEL, CPU_SETTINGS))
