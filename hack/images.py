@@ -17,8 +17,9 @@ Why this way: no container registry is reachable here and there is no Docker eng
   ``$OPTIMODEL_CACHE/buildah``; it is rebuilt only when an input (a source file, the Dockerfile,
   the requirements, the base) changes, and then with buildah's layer cache, so the dependency
   layer (torch alone is gigabytes) is reused until ``pyproject.toml`` changes. Older tags of the
-  same image are removed. ``hack/realnode.py`` streams an image into the node's containerd
-  (``export_command``) only when the node lacks that tag: no archive is kept on disk.
+  same image are removed. ``hack/realnode.py`` imports an image into the node's containerd
+  only when the node lacks that tag, through an OCI layout directory (``export``) that, like
+  containerd, stores each layer once: an unchanged dependency layer is not copied again.
 
     python3 hack/images.py build [TARGET ...]   # build what is missing; print "name ref"
     python3 hack/images.py refs                 # the refs the current inputs would have (JSON)
@@ -46,6 +47,7 @@ CACHE = Path(os.environ.get("OPTIMODEL_CACHE", Path.home() / ".cache" / "optimod
 WHEELHOUSE = CACHE / "wheelhouse"
 BUILDAH_ROOT = CACHE / "buildah"
 BUILDAH_RUNROOT = Path("/run/optimodel-buildah")
+OCI_LAYOUT = CACHE / "oci-layout"
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = os.environ.get("OPTIMODEL_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 # libpython3.11: the shared library that Triton's Python backend stub embeds.
@@ -171,9 +173,40 @@ def has_local_image(ref: str) -> bool:
     return subprocess.run(buildah_command("inspect", "--type", "image", ref), capture_output=True).returncode == 0
 
 
-def export_command(ref: str) -> list[str]:
-    """A command that writes ``ref`` as a docker-archive to stdout (``ctr images import -``)."""
-    return buildah_command("push", "--quiet", ref, f"docker-archive:/dev/stdout:{ref}")
+def export(ref: str) -> Path:
+    """Put ``ref`` into the shared OCI layout directory and return it.
+
+    Layers stay uncompressed (compressing gigabytes on two cores costs minutes, for a copy that
+    never leaves the machine), and a blob already in the layout is not written again, so
+    re-exporting a rebuilt builder writes only its new top layers.
+    """
+    OCI_LAYOUT.mkdir(parents=True, exist_ok=True)
+    buildah("push", "--quiet", "--disable-compression", ref, f"oci:{OCI_LAYOUT}:{ref}")
+    prune_layout(OCI_LAYOUT, keep=ref)
+    return OCI_LAYOUT
+
+
+def prune_layout(layout: Path, keep: str) -> None:
+    """Drop other tags of ``keep``'s repository from the layout, and blobs nothing references."""
+    index_path = layout / "index.json"
+    index = json.loads(index_path.read_text())
+    repository = keep.rsplit(":", 1)[0]
+
+    def ref_name(desc: dict) -> str:
+        return (desc.get("annotations") or {}).get("org.opencontainers.image.ref.name", "")
+
+    index["manifests"] = [m for m in index["manifests"]
+                          if ref_name(m) == keep or ref_name(m).rsplit(":", 1)[0] != repository]
+    referenced = set()
+    for desc in index["manifests"]:
+        manifest = json.loads((layout / "blobs" / desc["digest"].replace(":", "/", 1)).read_text())
+        referenced |= {desc["digest"], manifest["config"]["digest"], *(l["digest"] for l in manifest["layers"])}
+    tmp = index_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(index))
+    tmp.rename(index_path)
+    for blob in (layout / "blobs" / "sha256").iterdir():
+        if f"sha256:{blob.name}" not in referenced:
+            blob.unlink()
 
 
 def remove_older_tags(image: Image) -> None:

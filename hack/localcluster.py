@@ -355,7 +355,10 @@ def up(state_dir: Path, timeout: float = 120.0, real_node: bool = False) -> Clus
             "--root-ca-file", str(certs["ca"].cert),
             "--use-service-account-credentials=false",
             "--controllers", "*,-nodeipam,-service-lb-controller,-route,-cloud-node-lifecycle",
-            "--concurrent-gc-syncs", "10", "--v", "1",
+            "--concurrent-gc-syncs", "10",
+            # Autoscalers react within seconds in tests and demos (default 15 s).
+            "--horizontal-pod-autoscaler-sync-period", "5s",
+            "--v", "1",
         ])
         start("kube-scheduler", [
             str(bdir / "kube-scheduler"), "--kubeconfig", str(kubeconfig),
@@ -378,7 +381,7 @@ def up(state_dir: Path, timeout: float = 120.0, real_node: bool = False) -> Clus
 
             state.images = built_images
             realnode.start(state_dir, bdir, certs, server, start, free_port, built_images["pause"],
-                           list(built_images.values()), images.export_command, alive)
+                           list(built_images.values()), images.export, alive)
 
         expected = sum(p[1] for p in NODE_POOLS) + (1 if real_node else 0)
 

@@ -29,6 +29,7 @@ non-loopback node IP.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -36,6 +37,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -277,32 +279,86 @@ def ctr(state_dir: Path, *args: str, check: bool = True) -> subprocess.Completed
                 check=check)
 
 
-def import_images(state_dir: Path, refs: list[str], export_command: Callable[[str], list[str]]) -> None:
-    """Stream each image the node lacks into its containerd (``export_command(ref)`` writes a
-    docker-archive to stdout). containerd keeps images across clusters: a ref is imported once."""
-    present = set(ctr(state_dir, "images", "list", "--quiet").stdout.split())
+def import_images(state_dir: Path, refs: list[str], export: Callable[[str], Path]) -> None:
+    """Import each image the node lacks into its containerd.
+
+    ``export(ref)`` puts the image into an OCI layout directory (uncompressed layers) and returns
+    it. containerd keeps its store across clusters, so the archive streamed to ``ctr images
+    import`` carries only the blobs containerd does not hold yet: an unchanged dependency layer
+    (gigabytes, for a builder) is neither copied nor unpacked again.
+    """
+    present_images = set(ctr(state_dir, "images", "list", "--quiet").stdout.split())
     for ref in refs:
-        if ref in present:
+        if ref in present_images:
             continue
         t0 = time.monotonic()
-        log(f"importing {ref} into the node's containerd")
-        exporter = subprocess.Popen(export_command(ref), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        importer = subprocess.run(
+        layout = export(ref)
+        have = set(ctr(state_dir, "content", "list", "--quiet").stdout.split())
+        importer = subprocess.Popen(
             ["ctr", "--address", str(socket_path(state_dir)), "--namespace", "k8s.io", "images", "import",
-             "--snapshotter", "overlayfs", "-"], stdin=exporter.stdout, capture_output=True, text=True)
-        exporter.stdout.close()
-        export_err = exporter.stderr.read().decode(errors="replace")
-        if exporter.wait() != 0 or importer.returncode != 0:
-            raise RuntimeError(f"importing {ref} failed: export: {export_err.strip()[-500:]} "
-                               f"import: {importer.stderr.strip()[-500:]}")
+             "--snapshotter", "overlayfs", "-"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            sent, skipped = write_import_archive(layout, ref, have, importer.stdin)
+        finally:
+            importer.stdin.close()
+        err = importer.stderr.read()
+        importer.wait()
+        if importer.returncode != 0:
+            raise RuntimeError(f"importing {ref} failed: {err.decode(errors='replace').strip()[-800:]}")
         if ref not in set(ctr(state_dir, "images", "list", "--quiet").stdout.split()):
             raise RuntimeError(f"importing {ref} did not create that image in containerd")
-        log(f"imported {ref} in {time.monotonic() - t0:.1f}s")
+        log(f"imported {ref} in {time.monotonic() - t0:.1f}s ({sent / 2**20:.0f} MiB new, "
+            f"{skipped / 2**20:.0f} MiB already in the node's store)")
+        # Older builds of the same image: containerd's garbage collector then frees their
+        # layers and snapshots (those still used by a container stay until it is gone).
+        repository = ref.rsplit(":", 1)[0]
+        stale = [r for r in ctr(state_dir, "images", "list", "--quiet").stdout.split()
+                 if r.rsplit(":", 1)[0] == repository and r != ref]
+        if stale:
+            ctr(state_dir, "images", "remove", *stale, check=False)
+
+
+def write_import_archive(layout: Path, ref: str, have: set[str], sink) -> tuple[int, int]:
+    """An OCI archive of ``ref`` from ``layout`` to ``sink``, without the blobs in ``have``.
+
+    The manifest and config always go (they are small, and they name the image); a layer goes
+    only if its digest is not in ``have``. Returns (layer bytes sent, layer bytes left out).
+    """
+    index = json.loads((layout / "index.json").read_text())
+    matches = [m for m in index["manifests"]
+               if (m.get("annotations") or {}).get("org.opencontainers.image.ref.name") == ref]
+    if not matches:
+        raise RuntimeError(f"{ref} is not in the OCI layout {layout}")
+    manifest_desc = matches[-1]
+
+    def blob(digest: str) -> Path:
+        return layout / "blobs" / digest.replace(":", "/", 1)
+
+    manifest = json.loads(blob(manifest_desc["digest"]).read_text())
+    sent = skipped = 0
+    with tarfile.open(fileobj=sink, mode="w|") as out:
+        def add_bytes(name: str, data: bytes) -> None:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            out.addfile(info, io.BytesIO(data))
+
+        add_bytes("oci-layout", (layout / "oci-layout").read_bytes())
+        add_bytes("index.json", json.dumps({"schemaVersion": 2, "manifests": [manifest_desc]}).encode())
+        for desc in (manifest_desc, manifest["config"]):
+            out.add(str(blob(desc["digest"])), arcname=f"blobs/{desc['digest'].replace(':', '/', 1)}")
+        for layer in manifest["layers"]:
+            if layer["digest"] in have:
+                skipped += layer["size"]
+                continue
+            out.add(str(blob(layer["digest"])), arcname=f"blobs/{layer['digest'].replace(':', '/', 1)}")
+            sent += layer["size"]
+    return sent, skipped
 
 
 def start(state_dir: Path, bin_dir: Path, pki: dict, server: str,
           spawn: Callable[[str, list[str]], None], free_port: Callable[[], int],
-          sandbox_image: str, images: list[str], export_command: Callable[[str], list[str]],
+          sandbox_image: str, images: list[str], export: Callable[[str], Path],
           alive: Callable[[], None]) -> None:
     """Start containerd, the kubelet and kube-proxy. ``spawn`` records their pids in the cluster."""
     node = state_dir / "node"
@@ -318,7 +374,7 @@ def start(state_dir: Path, bin_dir: Path, pki: dict, server: str,
         if time.monotonic() > deadline:
             raise RuntimeError("containerd did not answer on its socket within 60 s")
         time.sleep(0.2)
-    import_images(state_dir, [sandbox_image, *[i for i in images if i != sandbox_image]], export_command)
+    import_images(state_dir, [sandbox_image, *[i for i in images if i != sandbox_image]], export)
 
     ca = pki["ca"].cert
     kubelet_kc, proxy_kc = node / "kubelet.kubeconfig", node / "kube-proxy.kubeconfig"

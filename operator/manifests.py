@@ -23,6 +23,10 @@ KEY_ANNOTATION = "optimodel.dev/build-key"
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 MODELS_DIR = "/models"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+PRESTOP_SECONDS = 10
+"""How long a terminating Triton pod keeps serving while Services stop routing to it."""
+DRAIN_SECONDS = 15
+"""How long Triton may take after SIGTERM to finish in-flight requests."""
 
 
 @dataclass(frozen=True)
@@ -257,7 +261,7 @@ def triton_deployment(model: ModelRef, engine: EngineStatus, settings: OperatorS
         "image": settings.operator_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["optimodel"],
-        "args": ["stage-repository", "--from", f"{engine.uri}/repository", "--to", MODELS_DIR,
+        "args": ["stage-repository", "--from", engine.uri, "--to", MODELS_DIR,
                  "--model-name", model.name, "--serving-json", serving_json,
                  "--layout", settings.triton_repository_layout],
         "env": [{"name": "OPTIMODEL_PVC_ROOT", "value": settings.pvc_mount_root},
@@ -291,6 +295,7 @@ def triton_deployment(model: ModelRef, engine: EngineStatus, settings: OperatorS
             f"--load-model={model.name}",
             "--strict-readiness=true",
             "--exit-on-error=true",
+            f"--exit-timeout-secs={DRAIN_SECONDS}",
             f"--http-port={HTTP_PORT}",
             f"--grpc-port={GRPC_PORT}",
             f"--metrics-port={METRICS_PORT}",
@@ -305,6 +310,11 @@ def triton_deployment(model: ModelRef, engine: EngineStatus, settings: OperatorS
         "startupProbe": {**probe, "periodSeconds": 10,
                          "failureThreshold": max(3, settings.triton_startup_seconds // 10)},
         "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 3},
+        # Drain without failing a request: the pod leaves the Service's endpoints as soon as it
+        # terminates, but kube-proxy on every node needs a moment to stop routing to it, so
+        # Triton keeps serving through the preStop pause, then finishes in-flight requests
+        # (--exit-timeout-secs) after SIGTERM.
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
         "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
                           "periodSeconds": 10, "failureThreshold": 6},
         "resources": resources,
@@ -333,7 +343,7 @@ def triton_deployment(model: ModelRef, engine: EngineStatus, settings: OperatorS
                     "automountServiceAccountToken": False,
                     "securityContext": pod_security_context(settings),
                     **placement_fields(node_selector, tolerations),
-                    "terminationGracePeriodSeconds": 30,
+                    "terminationGracePeriodSeconds": PRESTOP_SECONDS + DRAIN_SECONDS + 5,
                     "initContainers": [stage],
                     "containers": [triton],
                     "volumes": [

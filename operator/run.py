@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 
 import kopf
 
@@ -33,6 +35,9 @@ def main(argv: list[str]) -> int:
         metrics.serve(args.metrics_port)
 
     kopf.run(
+        # kopf's default identity calls getpass.getuser(), which raises for a UID with no passwd
+        # entry: the normal case in a pod running as an arbitrary non-root UID.
+        identity=os.environ.get("POD_NAME") or socket.gethostname(),
         standalone=True,
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,

@@ -117,6 +117,9 @@ def prepare_backend_dir(layout: TritonLayout | None = None, cache: Path | None =
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{ident}-", dir=target.parent))
+            # mkdtemp makes it 0700: a server running as another user (an image prepared as
+            # root, served as a non-root UID) must still read the backend.
+            staging.chmod(0o755)
         except OSError:
             continue
         try:

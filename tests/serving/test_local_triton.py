@@ -168,3 +168,15 @@ def test_optimodel_serve_cli(triton_installed, make_repo, tiny_encoder, tmp_path
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_backend_dir_is_readable_by_other_users(tmp_path):
+    """The triton-local image prepares the backend as root and runs Triton as UID 1000."""
+    import stat
+
+    from optimodel.serving.local_triton import prepare_backend_dir
+
+    backend = prepare_backend_dir(cache=tmp_path)
+    for path in (backend, backend / "python", backend / "python" / "triton_python_backend_stub"):
+        mode = path.stat().st_mode
+        assert mode & stat.S_IROTH and (not path.is_dir() or mode & stat.S_IXOTH), (path, oct(mode))

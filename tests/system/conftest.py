@@ -1,0 +1,63 @@
+"""The end-to-end tier: the product installed with Helm on the real node, driven as a user would.
+
+One stack per session (``hack/clusterstack.py``): MinIO on the node's bridge address with the
+MiniLM weights uploaded, and the chart installed with the locally built images. Each test
+applies its own OptimizedModel in its own restricted namespace.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import clusterstack
+import pytest
+
+
+@dataclass
+class Stack:
+    cluster: object  # conftest.Cluster with the real node
+    store: clusterstack.ObjectStore
+    model_uri: str
+    install: clusterstack.Install
+    prometheus: clusterstack.HostProcess
+    adapter: clusterstack.HostProcess
+
+    def api(self):
+        return self.cluster.api_client()
+
+    def new_namespace(self) -> str:
+        return clusterstack.model_namespace(self.api(), f"e2e-{uuid.uuid4().hex[:6]}", self.store)
+
+
+@pytest.fixture(scope="session")
+def stack(node_cluster):
+    import localcluster
+
+    state = localcluster.ClusterState.load(node_cluster.state_dir)
+    store = clusterstack.start_object_store()
+    prometheus = adapter = None
+    try:
+        uri = clusterstack.upload_minilm(store)
+        prometheus = clusterstack.start_prometheus(state)
+        adapter = clusterstack.start_prometheus_adapter(state, prometheus, node_cluster.api_client())
+        install = clusterstack.helm_install(node_cluster.kubeconfig, node_cluster.bin_dir / "helm",
+                                            clusterstack.chart_values(node_cluster.images, prometheus.url))
+        yield Stack(node_cluster, store, uri, install, prometheus, adapter)
+    finally:
+        for component in (adapter, prometheus):
+            if component:
+                component.stop()
+        store.stop()
+
+
+@dataclass
+class LoopInputs:
+    request_body: bytes
+
+
+@pytest.fixture(scope="session")
+def loop() -> LoopInputs:
+    from optimodel.serving.demo import minilm_dir
+
+    return LoopInputs(clusterstack.minilm_request(minilm_dir(), "A queue builds up when requests arrive faster."))
