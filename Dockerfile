@@ -52,11 +52,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp
 # The `stage` extra: staging reads s3:// (fsspec, s3fs) and rewrites config.pbtxt through
 # Triton's protobuf (tritonclient[grpc], protobuf). No torch, no CUDA.
-# Dependencies first, from pyproject.toml alone: this layer is reused until they change.
-COPY pyproject.toml /tmp/optimodel-pyproject.toml
-RUN python3 -c "import tomllib; p = tomllib.load(open('/tmp/optimodel-pyproject.toml', 'rb'))['project']; print('\\n'.join(p['dependencies'] + p['optional-dependencies']['stage']))" > /tmp/requirements.txt \
-    && pip install --no-cache-dir -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt /tmp/optimodel-pyproject.toml
+# Dependencies first, from the image's requirements list alone (generated from pyproject.toml):
+# this layer is reused until they change.
+COPY requirements/stage.txt /tmp/requirements.txt
+RUN pip install --no-cache-dir -r /tmp/requirements.txt && rm /tmp/requirements.txt
 COPY --from=wheel /wheels /wheels
 RUN pip install --no-cache-dir --no-deps "/wheels/optimodel-${OPTIMODEL_VERSION}-py3-none-any.whl" \
     && rm -rf /wheels \
@@ -99,11 +98,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HOME=/tmp
-# Dependencies first, from pyproject.toml alone: this layer is reused until they change.
-COPY pyproject.toml /tmp/optimodel-pyproject.toml
-RUN python3 -c "import tomllib; p = tomllib.load(open('/tmp/optimodel-pyproject.toml', 'rb'))['project']; print('\\n'.join(p['dependencies'] + p['optional-dependencies']['builder']))" > /tmp/requirements.txt \
-    && pip install --no-cache-dir -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt /tmp/optimodel-pyproject.toml
+# Dependencies first, from the image's requirements list alone (generated from pyproject.toml):
+# this layer is reused until they change.
+COPY requirements/builder.txt /tmp/requirements.txt
+RUN pip install --no-cache-dir -r /tmp/requirements.txt && rm /tmp/requirements.txt
 COPY --from=wheel /wheels /wheels
 RUN pip install --no-cache-dir --no-deps "/wheels/optimodel-${OPTIMODEL_VERSION}-py3-none-any.whl" \
     && rm -rf /wheels \
@@ -125,11 +123,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     OPTIMODEL_CACHE=/opt/optimodel \
     HOME=/tmp
-# Dependencies first, from pyproject.toml alone: this layer is reused until they change.
-COPY pyproject.toml /tmp/optimodel-pyproject.toml
-RUN python3 -c "import tomllib; p = tomllib.load(open('/tmp/optimodel-pyproject.toml', 'rb'))['project']; print('\\n'.join(p['dependencies'] + p['optional-dependencies']['triton-local']))" > /tmp/requirements.txt \
-    && pip install --no-cache-dir -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt /tmp/optimodel-pyproject.toml
+# Dependencies first, from the image's requirements list alone (generated from pyproject.toml):
+# this layer is reused until they change.
+COPY requirements/triton-local.txt /tmp/requirements.txt
+RUN pip install --no-cache-dir -r /tmp/requirements.txt && rm /tmp/requirements.txt
 COPY --from=wheel /wheels /wheels
 # The Python backend directory is assembled at build time (read-only root filesystem at run
 # time); `tritonserver` on PATH takes NVIDIA's binary's arguments, so the operator's Deployment

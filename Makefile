@@ -1,6 +1,8 @@
 # optimodel developer entry points. Every target installs what it needs by itself.
 #
 #   make demo              the main job locally: build MiniLM, serve it with Triton, send traffic
+#   make demo-cluster      the main job on a real cluster: helm install, build pod, Triton pods,
+#                          queue-depth autoscaling and a rollout under load (real node, no GPU)
 #   make test              the whole test suite (installs Python deps and control-plane binaries)
 #   make dev-cluster       a local control plane with kwok GPU node pools; kubeconfig path printed
 #                          (REAL_NODE=1: plus a real containerd/kubelet node with the project's images)
@@ -18,10 +20,10 @@ DEV_CLUSTER_STATE ?= $(OPTIMODEL_CACHE)/dev-cluster
 PYTEST_ARGS ?=
 REAL_NODE ?=
 
-.PHONY: help demo test test-unit test-chart test-node binaries node-deps images python-env dev-cluster dev-cluster-down crd manifests manifests-check bench
+.PHONY: help demo demo-cluster test test-unit test-chart test-node binaries node-deps images python-env dev-cluster dev-cluster-down crd manifests manifests-check bench
 
 help:
-	@sed -n '2,11p' Makefile
+	@sed -n '2,13p' Makefile
 
 python-env:
 	@hack/python-env.sh
@@ -38,12 +40,19 @@ images: node-deps
 demo:
 	@venv=$$(hack/python-env.sh); cd / && "$$venv/bin/optimodel" demo
 
+demo-cluster:
+	@venv=$$(hack/python-env.sh); plot=$$(OPTIMODEL_EXTRAS=plot hack/python-env.sh); \
+	hack/install-binaries.sh >/dev/null; hack/install-prometheus.sh >/dev/null; hack/install-minio.sh >/dev/null; \
+	hack/install-node-deps.sh >/dev/null; hack/install-autoscalers.sh >/dev/null; python3 hack/images.py build >/dev/null; \
+	cd / && "$$venv/bin/python" "$(CURDIR)/hack/demo_cluster.py" --plot-python "$$plot/bin/python"
+
 test:
 	@venv=$$(hack/python-env.sh); \
 	hack/install-binaries.sh >/dev/null; \
 	hack/install-prometheus.sh >/dev/null; \
 	hack/install-minio.sh >/dev/null; \
 	hack/install-node-deps.sh >/dev/null; \
+	hack/install-autoscalers.sh >/dev/null; \
 	python3 hack/images.py build >/dev/null; \
 	cd "$(CURDIR)" && "$$venv/bin/pytest" $(PYTEST_ARGS)
 
@@ -63,7 +72,8 @@ crd: manifests
 
 manifests:
 	@venv=$$(hack/python-env.sh); cd / && "$$venv/bin/optimodel" crd > "$(CURDIR)/crds/optimizedmodel.yaml" \
-	  && "$$venv/bin/python" "$(CURDIR)/hack/render-chart-artifacts.py"
+	  && "$$venv/bin/python" "$(CURDIR)/hack/render-chart-artifacts.py" \
+	  && python3 "$(CURDIR)/hack/images.py" requirements
 
 manifests-check:
 	@venv=$$(hack/python-env.sh); cd / && "$$venv/bin/python" "$(CURDIR)/hack/render-chart-artifacts.py" --check

@@ -229,6 +229,7 @@ class HostProcess:
     process: subprocess.Popen
     workdir: Path
     url: str = ""
+    helper: object = None  # something with .stop() that lives as long as the process
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -238,6 +239,8 @@ class HostProcess:
         return path.read_text(errors="replace")[-n:] if path.exists() else ""
 
     def stop(self) -> None:
+        if self.helper is not None:
+            self.helper.stop()
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
@@ -272,45 +275,74 @@ def _wait_http(url: str, proc: HostProcess, timeout: float = 60, ok=(200,), cont
     raise RuntimeError(f"{proc.name} did not answer {url} within {timeout:.0f}s:\n{proc.log_tail()}")
 
 
-def start_prometheus(cluster_state, scrape_interval: str = "2s") -> HostProcess:
-    """A real Prometheus that finds Triton pods through Kubernetes service discovery.
+class PodDiscovery:
+    """Kubernetes pod discovery for Prometheus, as file_sd targets refreshed every second.
 
-    It keeps pods annotated ``prometheus.io/scrape: "true"`` (the operator's Triton pods) and
-    scrapes ``<pod IP>:<prometheus.io/port>``, adding the ``namespace`` and ``pod`` labels the
-    adapter rule and the KEDA query match on (``optimodel/serving/metrics.py``).
+    Why not ``kubernetes_sd_configs``: Debian's Prometheus (2.42) is built without the
+    Kubernetes discovery. This does what that discovery plus the usual relabeling would: keep
+    Running pods annotated ``prometheus.io/scrape: "true"`` (the operator's Triton pods), scrape
+    ``<pod IP>:<prometheus.io/port>``, and label each target with ``namespace`` and ``pod``.
     """
+
+    def __init__(self, api, path: Path, interval: float = 1.0):
+        import threading
+
+        self.api, self.path, self.interval = api, path, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def targets(self) -> list[dict]:
+        from kubernetes import client
+
+        found = []
+        for pod in client.CoreV1Api(self.api).list_pod_for_all_namespaces().items:
+            annotations = pod.metadata.annotations or {}
+            if (annotations.get("prometheus.io/scrape") == "true" and pod.status.phase == "Running"
+                    and pod.status.pod_ip and annotations.get("prometheus.io/port")):
+                found.append({"targets": [f"{pod.status.pod_ip}:{annotations['prometheus.io/port']}"],
+                              "labels": {"namespace": pod.metadata.namespace, "pod": pod.metadata.name}})
+        return sorted(found, key=lambda t: t["targets"])
+
+    def write(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.targets()))
+        tmp.rename(self.path)  # atomic: Prometheus never reads a half-written file
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.write()
+            except Exception:  # noqa: BLE001 - an API hiccup: keep the last targets, try again
+                pass
+
+    def start(self) -> "PodDiscovery":
+        self.write()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def start_prometheus(cluster_state, api, scrape_interval: str = "2s") -> HostProcess:
+    """A real Prometheus scraping Triton pods (found by ``PodDiscovery``) every 2 s."""
     from localcluster import free_port
 
     workdir = Path(tempfile.mkdtemp(prefix="optimodel-e2e-prometheus-"))
-    (workdir / "token").write_text(cluster_state.token)
     port = free_port()
-    ca = Path(cluster_state.state_dir) / "pki" / "ca.crt"
+    discovery = PodDiscovery(api, workdir / "targets.json").start()
     config = {
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
-        "scrape_configs": [{
-            "job_name": "triton",
-            "kubernetes_sd_configs": [{
-                "role": "pod", "api_server": cluster_state.server,
-                "tls_config": {"ca_file": str(ca)},
-                "authorization": {"credentials_file": str(workdir / "token")},
-            }],
-            "relabel_configs": [
-                {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"],
-                 "action": "keep", "regex": "true"},
-                {"source_labels": ["__meta_kubernetes_pod_ip", "__meta_kubernetes_pod_annotation_prometheus_io_port"],
-                 "action": "replace", "regex": "(.+);(\\d+)", "replacement": "$1:$2",
-                 "target_label": "__address__"},
-                {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
-                {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-            ],
-        }],
+        "scrape_configs": [{"job_name": "triton",
+                            "file_sd_configs": [{"files": [str(workdir / "targets.json")]}]}],
     }
     (workdir / "prometheus.yml").write_text(json.dumps(config))
     proc = _spawn("prometheus", ["prometheus", f"--config.file={workdir / 'prometheus.yml'}",
                                  f"--storage.tsdb.path={workdir / 'data'}",
                                  f"--web.listen-address={realnode.NODE_IP}:{port}",
                                  "--storage.tsdb.retention.time=1h", "--log.level=warn"], workdir)
-    prom = HostProcess("prometheus", proc, workdir, f"http://{realnode.NODE_IP}:{port}")
+    prom = HostProcess("prometheus", proc, workdir, f"http://{realnode.NODE_IP}:{port}", discovery)
     _wait_http(f"{prom.url}/-/ready", prom)
     return prom
 

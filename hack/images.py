@@ -23,6 +23,7 @@ Why this way: no container registry is reachable here and there is no Docker eng
 
     python3 hack/images.py build [TARGET ...]   # build what is missing; print "name ref"
     python3 hack/images.py refs                 # the refs the current inputs would have (JSON)
+    python3 hack/images.py requirements         # regenerate requirements/*.txt (make manifests)
 
 Standard library only: it runs before any virtual environment exists.
 """
@@ -60,7 +61,9 @@ DOCKERFILE_TARGETS = {
     "builder-cpu": ("builder",),
     "triton-local": ("triton-local",),
 }
-CONTEXT_PATHS = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "optimodel", "operator", "builder")
+CONTEXT_PATHS = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "requirements", "optimodel",
+                 "operator", "builder")
+REQUIREMENTS_DIR = REPO / "requirements"
 PAUSE_SOURCE = """// Command pause is the node's sandbox image: it holds the pod's namespaces until told to stop.
 package main
 
@@ -129,6 +132,28 @@ def requirements(extras: tuple[str, ...]) -> list[str]:
         reqs += project["optional-dependencies"][extra]
     # The project wheel itself is built inside the image (build isolation needs these).
     return sorted(set(reqs)) + ["setuptools>=77", "wheel"]
+
+
+def rendered_requirements() -> dict[str, str]:
+    """``requirements/<extra>.txt`` for each image: what its dependency layer installs.
+
+    Generated from pyproject.toml (``make manifests``; a test fails when stale) so that the
+    Dockerfile's dependency layer changes only when that image's requirements do, not on every
+    edit of pyproject.toml.
+    """
+    files = {}
+    for extras in DOCKERFILE_TARGETS.values():
+        (extra,) = extras
+        reqs = [r for r in requirements(extras) if r not in ("setuptools>=77", "wheel")]
+        files[f"{extra}.txt"] = (f"# Generated from pyproject.toml by `make manifests`: core + the `{extra}` extra.\n"
+                                 + "\n".join(reqs) + "\n")
+    return files
+
+
+def write_requirements() -> None:
+    REQUIREMENTS_DIR.mkdir(exist_ok=True)
+    for name, text in rendered_requirements().items():
+        (REQUIREMENTS_DIR / name).write_text(text)
 
 
 def base_image() -> Image:
@@ -289,6 +314,7 @@ def build_dockerfile_target(target: str) -> Image:
         return image
     base = build_base()
     ensure_wheelhouse(DOCKERFILE_TARGETS[target])
+    buildah("rm", "--all")  # working containers a failed or killed build left behind
     log(f"building {image.ref} (Dockerfile target {target})")
     t0 = time.monotonic()
     buildah("bud", "--quiet", "--layers=true", "--network", "host",
@@ -303,6 +329,21 @@ def build_dockerfile_target(target: str) -> Image:
     return image
 
 
+PRUNE_BELOW_BYTES = 25 * 2**30
+
+
+def prune_if_disk_is_short() -> None:
+    """Drop buildah's intermediate (cache) images when the disk runs short.
+
+    They make a rebuild after a source change take seconds (the multi-gigabyte dependency layer
+    is reused), so they are kept while there is room; a superseded dependency layer is gigabytes.
+    """
+    free = shutil.disk_usage(BUILDAH_ROOT if BUILDAH_ROOT.exists() else CACHE).free
+    if free < PRUNE_BELOW_BYTES:
+        log(f"{free / 2**30:.0f} GiB free: pruning buildah's intermediate images (build cache)")
+        buildah("rmi", "--prune")
+
+
 def build(targets: list[str]) -> dict[str, Image]:
     images = {}
     for target in targets:
@@ -312,14 +353,18 @@ def build(targets: list[str]) -> dict[str, Image]:
             images[target] = build_dockerfile_target(target)
         else:
             raise SystemExit(f"unknown image {target!r}; known: pause, {', '.join(DOCKERFILE_TARGETS)}")
+    prune_if_disk_is_short()
     return images
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["build", "refs"])
+    parser.add_argument("action", choices=["build", "refs", "requirements"])
     parser.add_argument("targets", nargs="*", help="default: all")
     args = parser.parse_args(argv)
+    if args.action == "requirements":
+        write_requirements()
+        return 0
     targets = args.targets or list(all_images())
     if args.action == "refs":
         print(json.dumps({t: {"ref": i.ref, "built": i.built()}

@@ -39,7 +39,7 @@ def stack(node_cluster):
     prometheus = adapter = None
     try:
         uri = clusterstack.upload_minilm(store)
-        prometheus = clusterstack.start_prometheus(state)
+        prometheus = clusterstack.start_prometheus(state, node_cluster.api_client())
         adapter = clusterstack.start_prometheus_adapter(state, prometheus, node_cluster.api_client())
         install = clusterstack.helm_install(node_cluster.kubeconfig, node_cluster.bin_dir / "helm",
                                             clusterstack.chart_values(node_cluster.images, prometheus.url))

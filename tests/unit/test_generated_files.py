@@ -16,6 +16,14 @@ def test_crd_file_is_the_generators_output():
     assert on_disk == render_crd(), "crds/optimizedmodel.yaml is stale: run `make crd`"
 
 
+def test_image_requirement_lists_are_the_generators_output():
+    import images  # hack/images.py
+
+    rendered = images.rendered_requirements()
+    on_disk = {p.name: p.read_text() for p in (REPO / "requirements").glob("*.txt")}
+    assert on_disk == rendered, "requirements/*.txt are stale: run `make manifests`"
+
+
 def _walk(schema: dict, path: str = ""):
     yield path, schema
     for name, sub in (schema.get("properties") or {}).items():
