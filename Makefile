@@ -47,13 +47,7 @@ demo-cluster:
 	cd / && "$$venv/bin/python" "$(CURDIR)/hack/demo_cluster.py" --plot-python "$$plot/bin/python"
 
 test:
-	@venv=$$(hack/python-env.sh); \
-	hack/install-binaries.sh >/dev/null; \
-	hack/install-prometheus.sh >/dev/null; \
-	hack/install-minio.sh >/dev/null; \
-	hack/install-node-deps.sh >/dev/null; \
-	hack/install-autoscalers.sh >/dev/null; \
-	python3 hack/images.py build >/dev/null; \
+	@venv=$$(hack/install-all.sh); \
 	cd "$(CURDIR)" && "$$venv/bin/pytest" $(PYTEST_ARGS)
 
 test-unit:

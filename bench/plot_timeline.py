@@ -19,6 +19,7 @@ def main(argv: list[str]) -> int:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     source, target = argv
     with open(source, newline="") as f:
@@ -32,6 +33,7 @@ def main(argv: list[str]) -> int:
     replicas.step(t, [int(r["replicas"]) for r in rows], where="post", label="desired")
     replicas.step(t, [int(r["ready_replicas"]) for r in rows], where="post", label="ready")
     replicas.set_ylabel("replicas")
+    replicas.yaxis.set_major_locator(MaxNLocator(integer=True))
     replicas.legend(loc="upper right")
     throughput.plot(t, [float(r["throughput"]) for r in rows], color="tab:green")
     throughput.set_ylabel("requests/s")

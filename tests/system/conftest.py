@@ -22,6 +22,7 @@ class Stack:
     install: clusterstack.Install
     prometheus: clusterstack.HostProcess
     adapter: clusterstack.HostProcess
+    state: object  # localcluster.ClusterState
 
     def api(self):
         return self.cluster.api_client()
@@ -43,7 +44,7 @@ def stack(node_cluster):
         adapter = clusterstack.start_prometheus_adapter(state, prometheus, node_cluster.api_client())
         install = clusterstack.helm_install(node_cluster.kubeconfig, node_cluster.bin_dir / "helm",
                                             clusterstack.chart_values(node_cluster.images, prometheus.url))
-        yield Stack(node_cluster, store, uri, install, prometheus, adapter)
+        yield Stack(node_cluster, store, uri, install, prometheus, adapter, state)
     finally:
         for component in (adapter, prometheus):
             if component:
@@ -61,3 +62,16 @@ def loop() -> LoopInputs:
     from optimodel.serving.demo import minilm_dir
 
     return LoopInputs(clusterstack.minilm_request(minilm_dir(), "A queue builds up when requests arrive faster."))
+
+
+@pytest.fixture(scope="session")
+def keda(stack):
+    """The real KEDA (operator + metrics API server) on the same cluster, started on demand."""
+    import keda as keda_module  # hack/keda.py
+
+    running = keda_module.start_keda(stack.state, stack.api())
+    try:
+        yield running
+    finally:
+        running.stop()
+

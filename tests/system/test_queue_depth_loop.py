@@ -17,6 +17,8 @@ from polling import wait_for
 pytestmark = [pytest.mark.node, pytest.mark.slow]
 
 GROUP, VERSION, PLURAL = "optimodel.dev", "v1alpha1", "optimizedmodels"
+# These tests are about serving, not compression: one FP32 candidate keeps each build short.
+FAST = {"optimization.precision": "fp32"}
 
 
 def _status(custom, ns, name) -> dict:
@@ -31,13 +33,14 @@ def _apply_and_wait_ready(stack, ns, manifest, timeout=900) -> dict:
                     timeout=timeout, interval=2, what=f"{ns}/{name} Ready")
 
 
-def test_hpa_scales_out_on_queue_depth_and_back(stack, loop):
+def _scale_out_and_back(stack, loop, ns: str, hpa_name: str, metric_kind: str) -> float:
+    """Load until a second pod is Ready, then quiet until replicas are back at the minimum.
+
+    Returns the reaction time (load start -> second pod Ready). Asserts that the HPA acted on a
+    measured value of the queue-depth metric and that no request failed.
+    """
     api = stack.api()
-    apps = client.AppsV1Api(api)
-    ns = stack.new_namespace()
-    _apply_and_wait_ready(stack, ns, clusterstack.minilm_model("minilm", stack.model_uri))
-    hpa = client.AutoscalingV2Api(api).read_namespaced_horizontal_pod_autoscaler("minilm", ns)
-    assert hpa.spec.metrics[0].pods.metric.name == "nv_inference_pending_request_count"
+    apps, scaling = client.AppsV1Api(api), client.AutoscalingV2Api(api)
     service_ip = client.CoreV1Api(api).read_namespaced_service("minilm", ns).spec.cluster_ip
     load = clusterstack.Load(service_ip, "minilm", loop.request_body, clients=12).start()
     t0 = time.monotonic()
@@ -45,16 +48,40 @@ def test_hpa_scales_out_on_queue_depth_and_back(stack, loop):
         wait_for(lambda: (apps.read_namespaced_deployment("minilm", ns).status.ready_replicas or 0) >= 2,
                  timeout=240, interval=1, what="a second Triton pod Ready under load")
         reaction = time.monotonic() - t0
-        # The HPA saw the adapter's metric, not a guess: its status carries the measured value.
-        current = client.AutoscalingV2Api(api).read_namespaced_horizontal_pod_autoscaler("minilm", ns)
-        seen = [m.pods.current.average_value for m in current.status.current_metrics or [] if m.pods]
-        assert seen, current.status
+        # The HPA scaled on a value it read from the metrics API, not on a guess.
+        status = scaling.read_namespaced_horizontal_pod_autoscaler(hpa_name, ns).status
+        values = [getattr(m, metric_kind).current for m in status.current_metrics or [] if getattr(m, metric_kind)]
+        assert values, status
     finally:
         load.stop()
     assert load.failures() == [], load.failures()[:5]
     wait_for(lambda: (apps.read_namespaced_deployment("minilm", ns).spec.replicas or 0) == 1,
              timeout=300, interval=2, what="replicas back to minReplicas after the load stopped")
-    print(f"\n[e2e] load start -> second pod Ready {reaction:.1f}s; requests ok {load.completed()}")
+    return reaction
+
+
+def test_hpa_scales_out_on_queue_depth_and_back(stack, loop):
+    ns = stack.new_namespace()
+    _apply_and_wait_ready(stack, ns, clusterstack.minilm_model("minilm", stack.model_uri, **FAST))
+    hpa = client.AutoscalingV2Api(stack.api()).read_namespaced_horizontal_pod_autoscaler("minilm", ns)
+    assert hpa.spec.metrics[0].pods.metric.name == "nv_inference_pending_request_count"
+    reaction = _scale_out_and_back(stack, loop, ns, "minilm", "pods")
+    print(f"\n[e2e] HPA (prometheus-adapter): load start -> second pod Ready {reaction:.1f}s")
+
+
+def test_keda_scales_out_on_queue_depth_and_back(stack, loop, keda):
+    ns = stack.new_namespace()
+    _apply_and_wait_ready(stack, ns, clusterstack.minilm_model("minilm", stack.model_uri,
+                                                              **FAST, **{"autoscaling.engine": "keda"}))
+    custom = client.CustomObjectsApi(stack.api())
+    scaled = wait_for(lambda: (o := custom.get_namespaced_custom_object("keda.sh", "v1alpha1", ns, "scaledobjects",
+                                                                         "minilm"))
+                      and any(c["type"] == "Ready" and c["status"] == "True"
+                              for c in (o.get("status") or {}).get("conditions") or []) and o,
+                      timeout=60, what="KEDA to accept the operator's ScaledObject")
+    assert scaled["spec"]["triggers"][0]["metadata"]["serverAddress"] == stack.prometheus.url
+    reaction = _scale_out_and_back(stack, loop, ns, "keda-hpa-minilm", "external")
+    print(f"\n[e2e] KEDA: load start -> second pod Ready {reaction:.1f}s")
 
 
 def test_rollout_gate_failure_and_pod_deletion_lose_no_requests(stack, loop):
@@ -62,7 +89,7 @@ def test_rollout_gate_failure_and_pod_deletion_lose_no_requests(stack, loop):
     custom, apps, core = client.CustomObjectsApi(api), client.AppsV1Api(api), client.CoreV1Api(api)
     events = core
     ns = stack.new_namespace()
-    manifest = clusterstack.minilm_model("minilm", stack.model_uri, **{
+    manifest = clusterstack.minilm_model("minilm", stack.model_uri, **FAST, **{
         "autoscaling.minReplicas": 2, "autoscaling.maxReplicas": 2})
     first = _apply_and_wait_ready(stack, ns, manifest)
     wait_for(lambda: (apps.read_namespaced_deployment("minilm", ns).status.ready_replicas or 0) == 2,
