@@ -149,10 +149,12 @@ def chart_values(images: dict[str, str], prometheus_url: str = "http://prometheu
     on_real_node = {"nodeSelector": dict(realnode.NODE_SELECTOR), "tolerations": [dict(realnode.TOLERATION)]}
     return {
         "image": {**split(images["operator"]), "pullPolicy": "IfNotPresent"},
+        # Requests sized for a 2-core node that runs a build beside several Triton pods (the
+        # containers may use more: no CPU limit is set).
         "builder": {"image": split(images["builder-cpu"]), "cpuImage": split(images["builder-cpu"]),
-                    "cpu": "1", "memory": "6Gi", "activeDeadlineSeconds": 900},
+                    "cpu": "500m", "memory": "4Gi", "activeDeadlineSeconds": 900},
         "triton": {"image": split(images["triton-local"]), "repositoryLayout": "python",
-                   "cpu": "250m", "memory": "2Gi", "startupSeconds": 180},
+                   "cpu": "100m", "memory": "1Gi", "startupSeconds": 180},
         "artifacts": {"root": f"s3://{ARTIFACT_BUCKET}", "credentialsSecret": CREDENTIALS_SECRET},
         "cpu": on_real_node,
         "prometheus": {"url": prometheus_url},

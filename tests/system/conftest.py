@@ -7,6 +7,7 @@ applies its own OptimizedModel in its own restricted namespace.
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -29,6 +30,24 @@ class Stack:
 
     def new_namespace(self) -> str:
         return clusterstack.model_namespace(self.api(), f"e2e-{uuid.uuid4().hex[:6]}", self.store)
+
+
+@pytest.fixture
+def model_namespace(stack):
+    """A restricted namespace with the artifact-store Secret; deleted (with its Triton pods, so
+    the next test has the node's CPU) after the test."""
+    from kubernetes import client
+
+    ns = stack.new_namespace()
+    yield ns
+    core = client.CoreV1Api(stack.api())
+    core.delete_namespace(ns)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        pods = core.list_namespaced_pod(ns).items
+        if not pods:
+            break
+        time.sleep(1)
 
 
 @pytest.fixture(scope="session")

@@ -36,11 +36,11 @@ def _condition(obj, type_):
     return {}
 
 
-def test_apply_builds_serves_and_answers(stack):
+def test_apply_builds_serves_and_answers(stack, model_namespace):
     api = stack.api()
     custom, core, batch, apps = (client.CustomObjectsApi(api), client.CoreV1Api(api),
                                  client.BatchV1Api(api), client.AppsV1Api(api))
-    ns = stack.new_namespace()
+    ns = model_namespace
     manifest = clusterstack.minilm_model("minilm", stack.model_uri)
     t0 = time.monotonic()
     stack.cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(manifest))

@@ -60,8 +60,8 @@ def _scale_out_and_back(stack, loop, ns: str, hpa_name: str, metric_kind: str) -
     return reaction
 
 
-def test_hpa_scales_out_on_queue_depth_and_back(stack, loop):
-    ns = stack.new_namespace()
+def test_hpa_scales_out_on_queue_depth_and_back(stack, loop, model_namespace):
+    ns = model_namespace
     _apply_and_wait_ready(stack, ns, clusterstack.minilm_model("minilm", stack.model_uri, **FAST))
     hpa = client.AutoscalingV2Api(stack.api()).read_namespaced_horizontal_pod_autoscaler("minilm", ns)
     assert hpa.spec.metrics[0].pods.metric.name == "nv_inference_pending_request_count"
@@ -69,8 +69,8 @@ def test_hpa_scales_out_on_queue_depth_and_back(stack, loop):
     print(f"\n[e2e] HPA (prometheus-adapter): load start -> second pod Ready {reaction:.1f}s")
 
 
-def test_keda_scales_out_on_queue_depth_and_back(stack, loop, keda):
-    ns = stack.new_namespace()
+def test_keda_scales_out_on_queue_depth_and_back(stack, loop, keda, model_namespace):
+    ns = model_namespace
     _apply_and_wait_ready(stack, ns, clusterstack.minilm_model("minilm", stack.model_uri,
                                                               **FAST, **{"autoscaling.engine": "keda"}))
     custom = client.CustomObjectsApi(stack.api())
@@ -84,11 +84,11 @@ def test_keda_scales_out_on_queue_depth_and_back(stack, loop, keda):
     print(f"\n[e2e] KEDA: load start -> second pod Ready {reaction:.1f}s")
 
 
-def test_rollout_gate_failure_and_pod_deletion_lose_no_requests(stack, loop):
+def test_rollout_gate_failure_and_pod_deletion_lose_no_requests(stack, loop, model_namespace):
     api = stack.api()
     custom, apps, core = client.CustomObjectsApi(api), client.AppsV1Api(api), client.CoreV1Api(api)
     events = core
-    ns = stack.new_namespace()
+    ns = model_namespace
     manifest = clusterstack.minilm_model("minilm", stack.model_uri, **FAST, **{
         "autoscaling.minReplicas": 2, "autoscaling.maxReplicas": 2})
     first = _apply_and_wait_ready(stack, ns, manifest)
