@@ -282,6 +282,13 @@ class OptimizedModelSpec(ApiModel):
         cel("self.model.format != 'torchscript' || has(self.model.inputs)",
             "model.inputs is required for format torchscript (TorchScript carries no input "
             "signature)", ".model.inputs"),
+        cel("self.serving.gpu.count > 0 || !has(self.serving.gpu.product)",
+            "serving.gpu.product needs serving.gpu.count of at least 1 (count 0 serves on CPU)",
+            ".serving.gpu.product"),
+        cel("self.serving.gpu.count > 0 || (self.optimization.target != 'tensorrt' && "
+            "self.optimization.precision != 'fp8')",
+            "a model served on CPU (serving.gpu.count 0) needs optimization.target onnxruntime or "
+            "auto and a precision other than fp8", ".optimization.target"),
     ]}}
 
 
