@@ -104,11 +104,18 @@ def test_readiness_probe_and_service_are_real(node_cluster, node_namespace):
         return seen == names
 
     wait_for(both_answer, timeout=60, interval=0.05, what=f"the Service {cluster_ip} to reach {names}")
+    # The kubelet probes the wrong port every second: the container runs, is never ready, and the
+    # failures show up as Events (waited for: the first probe may not have run yet).
     wrong = core.list_namespaced_pod(node_namespace, label_selector="app=wrong").items[0]
-    statuses = wrong.status.container_statuses or []
+
+    def probe_failed():
+        events = core.list_namespaced_event(node_namespace,
+                                            field_selector=f"involvedObject.name={wrong.metadata.name}")
+        return any(e.reason == "Unhealthy" and "Readiness probe failed" in e.message for e in events.items)
+
+    wait_for(probe_failed, timeout=60, interval=0.5, what="a readiness-probe failure Event for the wrong port")
+    statuses = core.read_namespaced_pod(wrong.metadata.name, node_namespace).status.container_statuses or []
     assert statuses and statuses[0].state.running is not None and statuses[0].ready is False
-    events = core.list_namespaced_event(node_namespace, field_selector=f"involvedObject.name={wrong.metadata.name}")
-    assert any(e.reason == "Unhealthy" and "Readiness probe failed" in e.message for e in events.items)
 
 
 def test_job_termination_message_reaches_the_api(node_cluster, node_namespace):
