@@ -29,7 +29,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import realnode
@@ -137,7 +137,6 @@ class Install:
     values: dict
     kubeconfig: str
     helm: Path
-    extra: list[str] = field(default_factory=list)
 
 
 def chart_values(images: dict[str, str], prometheus_url: str = "http://prometheus.invalid:9090") -> dict:
