@@ -158,11 +158,14 @@ def node_namespace(node_cluster: Cluster) -> str:
 
 @pytest.fixture(scope="session")
 def object_store():
-    """A real S3-compatible server (MinIO) on 127.0.0.1 for the session; stopped at the end."""
-    from objectstore import start_minio, stop_minio
+    """A real S3-compatible server (MinIO) on 127.0.0.1 for the session; stopped at the end.
+
+    The same store the end-to-end tier runs on the node's address (``hack/clusterstack.py``).
+    """
+    import clusterstack  # hack/clusterstack.py
 
     try:
-        store, proc, data = start_minio()
+        store = clusterstack.start_object_store(host="127.0.0.1")
     except Exception as err:  # noqa: BLE001
         if IN_CI:
             pytest.fail(f"object store (MinIO) unavailable in CI: {err}")
@@ -170,4 +173,4 @@ def object_store():
     try:
         yield store
     finally:
-        stop_minio(proc, data)
+        store.stop()
