@@ -5,6 +5,11 @@ Contract with the operator (DESIGN section 5): arguments are a list, the spec ar
 message say how it went. Every failure, including a bad command line, produces a
 ``BuildSummary`` with a reason from ``EXIT_CODES`` and exits with that reason's code; nothing
 is written at ``--output`` unless the build succeeded.
+
+The operator passes the build key it computed (and named the Job after) as ``--build-key``; the
+builder computes the key itself from the spec and its own version and refuses to build under a
+key it disagrees with (``BuildKeyMismatch``: operator and builder images from different releases).
+SIGTERM (Job deleted, pod evicted or preempted) is ``Terminated``, exit 143 (128 + SIGTERM).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from optimodel.api.key import build_key
+from optimodel.api.key import BUILDER_VERSION, build_key
 from optimodel.api.report import EXIT_CODES, BuildReport, BuildSummary
 from optimodel.api.spec import BuildSpec
 from optimodel.builder.errors import BuildError, classify
@@ -31,6 +36,7 @@ log = logging.getLogger("optimodel.builder")
 
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
+BUILD_KEY_PATTERN = r"^[0-9a-f]{64}$"  # sha256 hex digest, as optimodel.api.key.build_key returns
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,6 +55,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True,
                    help="output location: local dir, file://, pvc://claim/path or s3://bucket/prefix")
     p.add_argument("--model-name", default="model", help="Triton model name (default: model)")
+    p.add_argument("--build-key", default=None,
+                   help="the build key the operator computed (and named the Job after); the build "
+                   "fails with BuildKeyMismatch if the builder computes a different one")
     p.add_argument("--termination-message-path", default=None,
                    help=f"where the BuildSummary goes (default {DEFAULT_TERMINATION_PATH} when its "
                    "directory exists and is writable, else nowhere); '' disables it")
@@ -164,8 +173,17 @@ def main(argv: list[str] | None = None) -> int:
         termination = _termination_path(args.termination_message_path)
         if not re.match(MODEL_NAME_PATTERN, args.model_name):
             raise BuildError("InvalidSpec", f"--model-name {args.model_name!r} must match {MODEL_NAME_PATTERN}")
+        if args.build_key is not None and not re.fullmatch(BUILD_KEY_PATTERN, args.build_key):
+            raise BuildError("InvalidSpec", f"--build-key {args.build_key[:80]!r} is not a build key "
+                             "(64 lowercase hex characters)")
+        key = args.build_key or ""  # the summary carries the operator's key, so it can match it
         spec = _read_spec(args)
-        key = build_key(spec)
+        computed = build_key(spec)
+        if args.build_key is not None and args.build_key != computed:
+            log.error("--build-key %s, computed %s (builder version %s)", args.build_key, computed,
+                      BUILDER_VERSION)
+            raise BuildError("BuildKeyMismatch", _mismatch_message(args.build_key, computed))
+        key = computed
         log.info("build key %s (model %s, format %s, precision %s, target %s)", key, spec.model.uri,
                  spec.model.format, spec.optimization.precision, spec.optimization.target)
 
@@ -185,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             work_dir = Path(tempfile.mkdtemp(prefix="optimodel-build-"))
             cleanup = True
-        opts = BuildOptions(spec=spec, output=args.output, work_dir=work_dir, model_name=args.model_name,
+        opts = BuildOptions(spec=spec, output=args.output, work_dir=work_dir, key=key, model_name=args.model_name,
                             batch_sizes=_batch_sizes(args.batch_sizes), quick=args.quick,
                             threads=args.threads or hardware.cpu_threads())
         build = Build(opts)
@@ -196,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except BaseException as exc:  # noqa: BLE001 - every failure must produce a summary
         if isinstance(exc, Terminated):
-            error = BuildError("InternalError", "terminated by SIGTERM (Job deleted or pod evicted)")
+            error = BuildError("Terminated", "terminated by SIGTERM (Job deleted, pod evicted or "
+                               "preempted) before the build finished")
         elif isinstance(exc, KeyboardInterrupt):
             error = BuildError("InternalError", "interrupted")
         else:
@@ -210,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                 (work_dir / "report.failed.json").write_text(
                     report.model_dump_json(by_alias=True, indent=2, exclude_none=True))
         else:
-            report = BuildReport(builder_version=_builder_version(), build_key=key, succeeded=False,
+            report = BuildReport(builder_version=BUILDER_VERSION, build_key=key, succeeded=False,
                                  reason=error.reason, message=error.message)
         _emit(BuildSummary.from_report(report), termination)
         return EXIT_CODES[error.reason]
@@ -234,10 +253,10 @@ def _report_uri(output: str) -> str:
     return f"{output.rstrip('/')}/report.json"
 
 
-def _builder_version() -> str:
-    from optimodel.api.key import BUILDER_VERSION
-
-    return BUILDER_VERSION
+def _mismatch_message(requested: str, computed: str) -> str:
+    return (f"build key mismatch: the operator asked for key {requested[:12]} but this builder "
+            f"(version {BUILDER_VERSION}) computes {computed[:12]} for the same spec: the operator "
+            "and builder images disagree (version skew); upgrade them together (same release)")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from optimodel.api.key import BUILDER_VERSION, build_key
+from optimodel.api.key import BUILDER_VERSION
 from optimodel.api.report import BuildReport, Candidate, EngineInfo, PerformanceProfile
 from optimodel.api.spec import BuildSpec
 from optimodel.builder import benchmark, compress, hardware, samples, sources, triton_repo, verify
@@ -38,6 +38,7 @@ class BuildOptions:
     spec: BuildSpec
     output: str
     work_dir: Path
+    key: str  # build_key(spec), computed once by the CLI (and checked against --build-key)
     model_name: str = "model"
     batch_sizes: list[int] | None = None
     quick: bool = False
@@ -76,7 +77,7 @@ class Build:
         self.opts = opts
         self.spec = opts.spec
         self.opt = opts.spec.optimization
-        self.key = build_key(opts.spec)
+        self.key = opts.key
         self.steps = StepRunner()
         self.warnings: list[str] = []
         self.variants: list[Variant] = []
@@ -211,7 +212,8 @@ class Build:
         return f"cpu ({hardware.cpu_name()}, {self.opts.threads} threads)"
 
     def _fetch(self) -> Path:
-        return sources.fetch(self.spec.model.uri, self.work / "source")
+        return sources.fetch(self.spec.model.uri, self.work / "source",
+                             credentials=sources.model_credentials(self.spec.model.credentials_secret))
 
     def _load(self, path: Path) -> LoadedModel:
         model = load(self.spec.model, path, self.work)

@@ -6,6 +6,11 @@ s3fs reads credentials from the environment, which the Job fills from ``credenti
 and ``hf://org/name[@revision]`` (resolved through the local Hugging Face cache only: builders
 run without internet egress, so a model must be pre-seeded).
 
+A remote store that refuses the credentials (S3 AccessDenied, InvalidAccessKeyId,
+SignatureDoesNotMatch, HTTP 401/403) is ``AccessDenied``, whether reading a source or writing the
+output, with a message naming the URI and the Secret the credentials came from (never a value);
+only a true "not there" (404, NoSuchKey, NoSuchBucket) is ``ModelNotFound``.
+
 Publishing is atomic: the whole output is staged locally, then moved into place with a rename
 (local, pvc) or uploaded only after the build succeeded, ``report.json`` last (object stores), so
 a reader that sees a report sees a complete repository.
@@ -23,11 +28,18 @@ from pathlib import Path
 from typing import Literal
 
 from optimodel import storage
-from optimodel.builder.errors import BuildError
+from optimodel.builder.errors import BuildError, access_denial
 
 log = logging.getLogger("optimodel.builder")
 
 REMOTE_TIMEOUT_S = 60.0
+
+# Where the credentials came from, for AccessDenied messages: the Job exposes the keys of the
+# model's credentialsSecret and of the artifact credentials Secret as environment variables.
+SOURCE_CREDENTIALS = ("the builder's environment (the keys of the Secrets named by "
+                      "spec.model.credentialsSecret and by the chart's artifacts.credentialsSecret)")
+OUTPUT_CREDENTIALS = ("the artifact credentials (the keys of the Secret named by the chart's "
+                      "artifacts.credentialsSecret)")
 
 Kind = Literal["local", "remote", "hf"]
 
@@ -87,12 +99,32 @@ def _filesystem(url: str):
     return fs, path
 
 
-def fetch(uri: str, dest: Path, *, what: str = "model", missing: str = "ModelNotFound") -> Path:
+def model_credentials(secret: str | None) -> str:
+    """Where a model source's credentials come from, for an ``AccessDenied`` message."""
+    if secret:
+        return f"the keys of Secret {secret!r} (spec.model.credentialsSecret)"
+    return ("no spec.model.credentialsSecret is set, so whatever the builder's environment holds "
+            "(e.g. the artifact credentials from the chart's artifacts.credentialsSecret)")
+
+
+def denied(uri: str, what: str, code: str, credentials: str, *, write: bool = False) -> BuildError:
+    """The ``AccessDenied`` failure for a store that refused the credentials (no secret values)."""
+    verb = "write" if write else "read"
+    refused = ("found no credentials to use" if code == "no credentials"
+               else f"refused the credentials ({code})")
+    return BuildError("AccessDenied", f"access denied: cannot {verb} {what} at {uri}: the store "
+                      f"{refused}; credentials used: {credentials}. Check that they are valid and "
+                      f"grant {verb} access to this location.")
+
+
+def fetch(uri: str, dest: Path, *, what: str = "model", missing: str = "ModelNotFound",
+          credentials: str = SOURCE_CREDENTIALS) -> Path:
     """Make ``uri`` available as a local path (a file or a directory) and return it.
 
     Local and pvc locations are used in place (no copy); remote ones are downloaded into
-    ``dest``. Anything that prevents reading the source is ``missing`` (by default ModelNotFound),
-    with the underlying error in the message.
+    ``dest``. A store refusing the credentials is ``AccessDenied`` (``credentials`` says where
+    they came from); anything else that prevents reading the source is ``missing`` (by default
+    ModelNotFound), with the underlying error in the message.
     """
     loc = parse(uri)
     if loc.kind == "local":
@@ -113,7 +145,10 @@ def fetch(uri: str, dest: Path, *, what: str = "model", missing: str = "ModelNot
             fs.get(path, str(target))
     except BuildError:
         raise
-    except Exception as exc:  # network, credentials, 404: all mean "cannot read the source"
+    except Exception as exc:  # network, 404: both mean "cannot read the source"
+        code = access_denial(exc)
+        if code:
+            raise denied(uri, what, code, credentials) from exc
         raise BuildError(missing, f"cannot fetch {what} from {uri}: {type(exc).__name__}: {exc}") from exc
     if not target.exists():
         raise BuildError(missing, f"cannot fetch {what} from {uri}: nothing was downloaded")
@@ -151,7 +186,11 @@ def read_report(output_uri: str) -> dict | None:
         with fs.open(report_path, "rb") as fh:
             return json.loads(fh.read())
     except Exception as exc:
-        log.warning("could not read an existing report at %s: %s", output_uri, exc)
+        code = access_denial(exc)
+        if code:  # the build goes on; publishing with the same credentials will say AccessDenied
+            log.warning("could not check %s for an existing build: access denied (%s)", output_uri, code)
+        else:
+            log.warning("could not read an existing report at %s: %s", output_uri, exc)
         return None
 
 
@@ -180,6 +219,9 @@ def publish(staged: Path, output_uri: str) -> None:
     except BuildError:
         raise
     except Exception as exc:
+        code = access_denial(exc) if loc.kind == "remote" else None
+        if code:
+            raise denied(output_uri, "the build output", code, OUTPUT_CREDENTIALS, write=True) from exc
         raise BuildError("OutputWriteFailed", f"cannot write the output to {output_uri}: "
                          f"{type(exc).__name__}: {exc}") from exc
 

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from optimodel.api.base import ApiModel
+from optimodel.api.base import ObservedModel
 
 TERMINATION_MESSAGE_LIMIT = 4096
 
@@ -27,6 +27,9 @@ FailureReason = Literal[
     "AccuracyGateFailed",
     "OutOfMemory",
     "OutputWriteFailed",
+    "AccessDenied",
+    "BuildKeyMismatch",
+    "Terminated",
     "InternalError",
 ]
 
@@ -41,12 +44,15 @@ EXIT_CODES: dict[str, int] = {
     "AccuracyGateFailed": 16,
     "OutOfMemory": 17,
     "OutputWriteFailed": 18,
+    "AccessDenied": 19,
+    "BuildKeyMismatch": 20,
+    "Terminated": 143,
     "InternalError": 1,
 }
 """Documented process exit codes of ``optimodel build``, one per failure reason (0 = success)."""
 
 
-class LatencyStats(ApiModel):
+class LatencyStats(ObservedModel):
     """Latency and throughput at one batch size."""
 
     batch_size: int
@@ -56,7 +62,7 @@ class LatencyStats(ApiModel):
     repeats: int = Field(description="Timed windows it took for three to agree within 10%.")
 
 
-class PerformanceProfile(ApiModel):
+class PerformanceProfile(ObservedModel):
     """Speed of one runnable (baseline or candidate) over the batch sweep."""
 
     runtime: str = Field(description="e.g. pytorch-eager-fp32, onnxruntime-cpu, tensorrt-10.8")
@@ -65,7 +71,7 @@ class PerformanceProfile(ApiModel):
     headline: LatencyStats = Field(description="The batch size the summary speedup is quoted at.")
 
 
-class AccuracyResult(ApiModel):
+class AccuracyResult(ObservedModel):
     """One candidate's agreement with the FP32 reference on held-out samples."""
 
     metric: str
@@ -76,7 +82,7 @@ class AccuracyResult(ApiModel):
     per_output: dict[str, float] = Field(default_factory=dict)
 
 
-class Candidate(ApiModel):
+class Candidate(ObservedModel):
     """One compressed/compiled variant the builder tried."""
 
     name: str = Field(description="e.g. onnxruntime-int8-dynamic, tensorrt-fp16")
@@ -90,7 +96,7 @@ class Candidate(ApiModel):
     speedup: float | None = Field(default=None, description="Headline throughput / baseline's.")
 
 
-class EngineInfo(ApiModel):
+class EngineInfo(ObservedModel):
     """The selected engine, and what it can only run on."""
 
     key: str
@@ -105,14 +111,14 @@ class EngineInfo(ApiModel):
     size_bytes: int
 
 
-class StepTiming(ApiModel):
+class StepTiming(ObservedModel):
     step: str
     status: Literal["OK", "FAIL", "SKIPPED"]
     seconds: float
     detail: str | None = None
 
 
-class BuildReport(ApiModel):
+class BuildReport(ObservedModel):
     """Everything a build did and measured; written as ``report.json``."""
 
     api_version: Literal["optimodel.dev/v1alpha1"] = "optimodel.dev/v1alpha1"
@@ -134,7 +140,7 @@ class BuildReport(ApiModel):
     warnings: list[str] = Field(default_factory=list)
 
 
-class BuildSummary(ApiModel):
+class BuildSummary(ObservedModel):
     """The termination-message digest of a ``BuildReport`` (must fit in 4 KiB)."""
 
     succeeded: bool

@@ -35,6 +35,82 @@ def test_unreachable_uri_is_model_not_found(build):
     assert "127.0.0.1:9" in summary["message"]
 
 
+@pytest.fixture
+def http_store():
+    """A real HTTP server on 127.0.0.1: /private/* answers 403, /login/* 401, anything else 404."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self):
+            status = 403 if self.path.startswith("/private/") else 401 if self.path.startswith("/login/") else 404
+            self.send_response(status)
+            if status == 401:
+                self.send_header("WWW-Authenticate", 'Basic realm="models"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD = _answer
+
+        def log_message(self, *args):  # keep pytest output quiet
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("path, status", [("private/model.onnx", 403), ("login/model.onnx", 401)])
+def test_refused_http_source_is_access_denied(build, http_store, path, status):
+    uri = f"{http_store}/{path}"
+    spec = {"model": {"uri": uri, "format": "onnx", "credentialsSecret": "model-creds"}}
+    summary = assert_failed(build(spec), "AccessDenied")
+    assert uri in summary["message"] and f"HTTP {status}" in summary["message"]
+    assert "model-creds" in summary["message"]  # where the refused credentials came from
+
+
+def test_missing_http_source_is_still_model_not_found(build, http_store):
+    summary = assert_failed(build(onnx_spec(f"{http_store}/public/model.onnx")), "ModelNotFound")
+    assert "/public/model.onnx" in summary["message"]
+
+
+def test_build_key_mismatch_is_refused_before_any_work(build, tmp_path):
+    """Operator and builder of different releases compute different keys: refuse, naming both."""
+    from optimodel.api.key import BUILDER_VERSION, build_key
+    from optimodel.api.spec import BuildSpec
+
+    spec = onnx_spec(tmp_path / "absent.onnx")  # would be ModelNotFound if the build went on
+    computed = build_key(BuildSpec.model_validate(spec))
+    asked = "0123456789ab" + "f" * 52
+    result = build(spec, "--build-key", asked)
+    summary = assert_failed(result, "BuildKeyMismatch")
+    assert result.code == 20
+    assert summary["buildKey"] == asked  # the operator matches the summary to its Job by this key
+    message = summary["message"]
+    assert asked[:12] in message and computed[:12] in message and BUILDER_VERSION in message
+    assert "version skew" in message
+
+
+def test_matching_build_key_proceeds(build, tmp_path):
+    from optimodel.api.key import build_key
+    from optimodel.api.spec import BuildSpec
+
+    spec = onnx_spec(tmp_path / "absent.onnx")
+    key = build_key(BuildSpec.model_validate(spec))
+    summary = assert_failed(build(spec, "--build-key", key), "ModelNotFound")  # got past the check
+    assert summary["buildKey"] == key
+
+
+def test_malformed_build_key_is_invalid_spec(build, tmp_path):
+    summary = assert_failed(build(onnx_spec(tmp_path / "absent.onnx"), "--build-key", "not-a-key"), "InvalidSpec")
+    assert "--build-key" in summary["message"]
+
+
 def test_hf_uri_not_in_the_cache_is_model_not_found(build, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     spec = {"model": {"uri": "hf://example-org/not-cached", "format": "huggingface"}}
@@ -166,9 +242,9 @@ def test_sigterm_still_writes_a_summary_and_nothing_else(minilm_path, tmp_path):
             break
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
-    assert proc.returncode == EXIT_CODES["InternalError"]
+    assert proc.returncode == EXIT_CODES["Terminated"] == 143  # 128 + SIGTERM, as a shell reports it
     summary = json.loads(term.read_text())
-    assert summary["reason"] == "InternalError" and "SIGTERM" in summary["message"]
+    assert summary["reason"] == "Terminated" and "SIGTERM" in summary["message"]
     assert not (tmp_path / "out").exists()
 
 

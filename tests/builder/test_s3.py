@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from optimodel.api.report import EXIT_CODES
 from optimodel.api.spec import Serving
 from optimodel.serving.stage import parse_config, stage_repository
 
@@ -67,13 +68,37 @@ def test_missing_s3_object_is_model_not_found(build, s3):
                    output="s3://artifacts/builds/ml/none/k")
     assert result.code == 10 and result.summary["reason"] == "ModelNotFound"
     assert "s3://models/nothing/here.onnx" in result.summary["message"]
+    result = build({"model": {"uri": "s3://no-such-bucket/here.onnx", "format": "onnx"}},
+                   output="s3://artifacts/builds/ml/none/k", name="nobucket")
+    assert result.code == 10 and result.summary["reason"] == "ModelNotFound", result.summary
 
 
-def test_wrong_credentials_are_reported_not_hidden(build, cnn, s3, monkeypatch):
+def test_wrong_credentials_are_access_denied(build, cnn, s3, object_store, monkeypatch):
+    """A wrong secret key is the credentials' fault, not a missing model: AccessDenied (19),
+    naming the URI and the Secret, never a secret value."""
     s3.put(str(cnn.onnx), "models/cnn/cnn.onnx")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
-    result = build({"model": {"uri": "s3://models/cnn/cnn.onnx", "format": "onnx"}},
-                   output="s3://artifacts/builds/ml/cnn/denied")
-    assert result.code != 0 and not result.summary["succeeded"]
-    assert result.summary["reason"] in ("ModelNotFound", "InvalidSpec")
-    assert "s3://models/cnn/cnn.onnx" in result.summary["message"]
+    spec = {"model": {"uri": "s3://models/cnn/cnn.onnx", "format": "onnx", "credentialsSecret": "model-creds"}}
+    result = build(spec, output="s3://artifacts/builds/ml/cnn/denied")
+    assert result.code == EXIT_CODES["AccessDenied"] == 19, result.summary
+    assert not result.summary["succeeded"] and result.summary["reason"] == "AccessDenied"
+    message = result.summary["message"]
+    assert "s3://models/cnn/cnn.onnx" in message and "model-creds" in message
+    assert "wrong-secret" not in message and object_store.env["AWS_SECRET_ACCESS_KEY"] not in message
+    assert not s3.exists("artifacts/builds/ml/cnn/denied")
+
+
+def test_refused_output_credentials_are_access_denied(build, cnn, s3, object_store, monkeypatch):
+    """The model reads fine (local); the artifact store refuses the upload: AccessDenied, not
+    OutputWriteFailed, and nothing lands there."""
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    spec = {"model": {"uri": str(cnn.onnx), "format": "onnx"},
+            "optimization": {"precision": "fp32", "target": "onnxruntime", "maxBatchSize": 4}}
+    out = "s3://artifacts/builds/ml/cnn/refused"
+    result = build(spec, "--quick", "--batch-sizes", "1", output=out)
+    assert result.code == EXIT_CODES["AccessDenied"], result.summary
+    assert result.summary["reason"] == "AccessDenied"
+    message = result.summary["message"]
+    assert out in message and "write" in message and "artifact credentials" in message
+    assert "wrong-secret" not in message and object_store.env["AWS_SECRET_ACCESS_KEY"] not in message
+    assert not s3.exists("artifacts/builds/ml/cnn/refused")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from optimodel.api.key import build_key
 from optimodel.api.report import (AccuracyResult, BuildReport, BuildSummary, Candidate, LatencyStats,
                                   PerformanceProfile)
 from optimodel.api.spec import BuildSpec
@@ -59,7 +60,8 @@ def _build_with(tmp_path, candidates):
     from optimodel.builder.pipeline import Build, BuildOptions, Variant
 
     spec = BuildSpec.model_validate({"model": {"uri": "/m.onnx", "format": "onnx"}})
-    build = Build(BuildOptions(spec=spec, output=str(tmp_path / "out"), work_dir=tmp_path, threads=1))
+    build = Build(BuildOptions(spec=spec, output=str(tmp_path / "out"), work_dir=tmp_path, key=build_key(spec),
+                               threads=1))
     build.variants = [Variant(c) for c in candidates]
     return build
 
@@ -261,3 +263,27 @@ def test_hf_uri_resolves_through_the_local_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     path = sources.fetch("hf://example-org/tiny", tmp_path / "dl")
     assert path == snapshot and (path / "config.json").is_file()
+
+
+def test_access_denial_tells_refused_credentials_from_missing_objects():
+    """s3fs turns botocore errors into PermissionError / FileNotFoundError with the ClientError as
+    the cause: credential refusals are AccessDenied material, missing objects are not."""
+    from botocore.exceptions import ClientError, NoCredentialsError
+    from s3fs.errors import translate_boto_error
+
+    from optimodel.builder.errors import access_denial
+
+    def store_error(code: str, status: int) -> BaseException:
+        error = ClientError({"Error": {"Code": code, "Message": "server text"},
+                             "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+        return translate_boto_error(error)
+
+    assert access_denial(store_error("SignatureDoesNotMatch", 403)) == "SignatureDoesNotMatch"
+    assert access_denial(store_error("InvalidAccessKeyId", 403)) == "InvalidAccessKeyId"
+    assert access_denial(store_error("AccessDenied", 403)) == "AccessDenied"
+    assert access_denial(store_error("403", 403)) == "HTTP 403"  # HEAD: no body, no code
+    assert access_denial(NoCredentialsError()) == "no credentials"
+    for code, status in (("NoSuchKey", 404), ("NoSuchBucket", 404), ("404", 404), ("SlowDown", 503)):
+        assert access_denial(store_error(code, status)) is None, code
+    assert access_denial(PermissionError(13, "Permission denied", "/local/file")) is None
+    assert access_denial(ValueError("boom")) is None
