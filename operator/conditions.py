@@ -39,6 +39,20 @@ def merge_conditions(old: list[Condition], desired: list[Desired], now: str,
 QUIET_REASONS = frozenset({"WaitingForEngine", "ReplicasNotReady"})
 """False conditions that are just "not yet": announced only when they follow a True."""
 
+QUIET_UNLESS_RECOVERING = frozenset({"Reconciled"})
+"""True conditions that are news only after a failure (a model's first reconcile is not)."""
+
+WARNING_REASONS = frozenset({"ReconcileError", "BuildPending", "BuildRetrying", "AutoscalerNotInstalled"})
+"""False conditions that need someone's attention even on the way up."""
+
+
+def with_condition(conditions: list[Condition], desired: Desired, now: str,
+                   generation: int | None) -> list[Condition]:
+    """``conditions`` with one condition set (added or replaced); the others untouched."""
+    (updated,) = merge_conditions(conditions, [desired], now, generation)
+    out = [c for c in conditions if c.type != desired.type]
+    return out + [updated]
+
 
 def transitions(old: OptimizedModelStatus, new: OptimizedModelStatus) -> list[tuple[str, str, str]]:
     """(event type, reason, message) for each condition whose status or reason changed.
@@ -55,7 +69,10 @@ def transitions(old: OptimizedModelStatus, new: OptimizedModelStatus) -> list[tu
         was_true = before is not None and before[0] == "True"
         if c.status == "False" and c.reason in QUIET_REASONS and not was_true:
             continue
-        warning = c.status == "False" and (c.reason.endswith("Failed") or was_true)
+        if c.status == "True" and c.reason in QUIET_UNLESS_RECOVERING and before is None:
+            continue
+        warning = c.status == "False" and (c.reason.endswith("Failed") or was_true
+                                           or c.reason in WARNING_REASONS)
         events.append(("Warning" if warning else "Normal", c.reason, c.message or f"{c.type}={c.status}"))
     return events
 

@@ -1,17 +1,13 @@
-"""Classify an existing child object against its desired manifest: create, patch, or nothing.
+"""Does a live object carry every field of a desired manifest? (Server-side apply decides what
+to write; this answers the question for tests and logs: "is what we asked for in place?")
 
-We compare only the fields we own: a desired manifest is "satisfied" when every field it sets has
-the same value in the live object. Fields the API server defaults (``imagePullPolicy``,
-``terminationMessagePath``, ...) or that others own (``spec.replicas`` under an autoscaler, status)
-are ignored, so reconciling an unchanged spec never writes, and we never fight an autoscaler.
+A desired manifest is "satisfied" when every field it sets has the same value in the live object;
+fields the API server defaults or others own are not compared.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
-
-CREATE, PATCH, UNCHANGED = "create", "patch", "unchanged"
 
 
 def is_subset(desired: Any, actual: Any) -> bool:
@@ -51,24 +47,3 @@ def first_difference(desired: Any, actual: Any, path: str = "") -> str | None:
                 return found
         return None
     return None if desired == actual else f"{path}: want {desired!r}, have {actual!r}"
-
-
-def without(manifest: dict[str, Any], paths: tuple[tuple[str, ...], ...]) -> dict[str, Any]:
-    """A copy of ``manifest`` with the fields at ``paths`` removed (fields we do not own)."""
-    out = copy.deepcopy(manifest)
-    for path in paths:
-        node = out
-        for key in path[:-1]:
-            node = node.get(key, {})
-        if isinstance(node, dict):
-            node.pop(path[-1], None)
-    return out
-
-
-def classify(desired: dict[str, Any], existing: dict[str, Any] | None,
-             not_owned: tuple[tuple[str, ...], ...] = ()) -> str:
-    """CREATE when absent, UNCHANGED when our fields already match, else PATCH."""
-    if existing is None:
-        return CREATE
-    owned = without(desired, not_owned)
-    return UNCHANGED if is_subset(owned, existing) else PATCH

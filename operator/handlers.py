@@ -1,9 +1,13 @@
-"""kopf handler registration, and nothing else: every handler calls ``reconcile``.
+"""kopf handler registration, and nothing else: every event becomes a key in the work queue.
 
 Only ``on.event`` handlers are used: the reconcile is level-triggered, so the operator needs no
 per-object progress bookkeeping, writes no annotations or finalizers onto the user's objects
-(nothing for Argo CD to see as drift), and on restart simply re-lists and re-converges.
-Child events (the build Job finishing, Triton pods becoming ready) are routed to their owner.
+(nothing for Argo CD to see as drift), and on restart simply re-lists and re-converges. Retries,
+resyncs and one-reconcile-per-model-at-a-time are the work queue's job (``controller``).
+
+Child events (build Jobs, Triton Deployments, their pods) are routed to their model. Children
+are watched through a server-side label selector, so the operator streams only its own objects,
+not every Job, Deployment and Pod of the cluster.
 """
 
 from __future__ import annotations
@@ -13,20 +17,18 @@ import logging
 import kopf
 
 from optimodel.api.crd import GROUP, KIND, PLURAL, VERSION
-from optimodel.operator.kube import Kube
-from optimodel.operator.reconcile import reconcile
-from optimodel.operator.settings import OperatorSettings
+from optimodel.operator.controller import Controller
+from optimodel.operator.manifests import MODEL_LABEL
 
-MANAGED = {"app.kubernetes.io/managed-by": "optimodel-operator"}
+MANAGED_SELECTOR = "app.kubernetes.io/managed-by=optimodel-operator"
+CHILD_RESOURCES = (("batch", "v1", "jobs"), ("apps", "v1", "deployments"), ("", "", "pods"))
 
-_state: dict[str, object] = {}
+_controller: list[Controller] = []
 
 
-def _context() -> tuple[Kube, OperatorSettings]:
-    if "kube" not in _state:
-        _state["settings"] = OperatorSettings.from_env()
-        _state["kube"] = Kube()
-    return _state["kube"], _state["settings"]  # type: ignore[return-value]
+def use(controller: Controller) -> None:
+    """Route events to ``controller`` (set by ``run`` before kopf starts)."""
+    _controller[:] = [controller]
 
 
 @kopf.on.startup()
@@ -34,35 +36,33 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     settings.posting.level = logging.WARNING  # our own Events tell the story; kopf's only on errors
     settings.watching.server_timeout = 270
     settings.watching.client_timeout = 300
-    settings.execution.max_workers = 8
-    # Events of one object arriving within this window are merged into one reconcile. kopf's
-    # default (0.1 s) is pure latency for us: reconcile re-reads the world anyway.
+    settings.execution.max_workers = 4  # handlers only enqueue; reconciles run on our workers
     settings.batching.batch_window = 0.02
     # No namespace/CRD scanning: it needs cluster-wide list/watch of namespaces and CRDs, which
     # least-privilege RBAC does not grant. Watched namespaces are exact names from settings.
     settings.scanning.disabled = True
-    _context()
+    for group, version, plural in CHILD_RESOURCES:
+        settings.watching.label_selectors[(group, version, plural) if group else plural] = MANAGED_SELECTOR
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def model_changed(type: str | None, name: str, namespace: str, **_) -> None:
     if type == "DELETED":
         return
-    kube, settings = _context()
-    reconcile(kube, settings, namespace, name)
+    _controller[0].enqueue(namespace, name)
 
 
 def _owner(meta) -> str | None:
     for ref in meta.get("ownerReferences") or []:
         if ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
             return ref["name"]
-    return None
+    return (meta.get("labels") or {}).get(MODEL_LABEL)  # pods: owned by a Job or ReplicaSet
 
 
-@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
-@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+@kopf.on.event("batch", "v1", "jobs")
+@kopf.on.event("apps", "v1", "deployments")
+@kopf.on.event("pods")
 def child_changed(meta, namespace: str, **_) -> None:
     owner = _owner(meta)
     if owner:
-        kube, settings = _context()
-        reconcile(kube, settings, namespace, owner)
+        _controller[0].enqueue(namespace, owner)

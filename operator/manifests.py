@@ -14,12 +14,21 @@ from typing import Any
 
 from optimodel.api.crd import GROUP, KIND, VERSION
 from optimodel.api.spec import BuildSpec, OptimizedModelSpec
-from optimodel.api.status import EngineStatus
+from optimodel.api.status import BenchmarkStatus, EngineStatus
 from optimodel.operator.settings import OperatorSettings
 from optimodel.serving.metrics import PENDING_REQUESTS_METRIC, keda_query
 
 MODEL_LABEL = "optimodel.dev/model"
 KEY_ANNOTATION = "optimodel.dev/build-key"
+ATTEMPT_ANNOTATION = "optimodel.dev/build-attempt"
+SUMMARY_ANNOTATION = "optimodel.dev/build-summary"
+"""On a finished build Job: the builder's summary, copied from the pod's termination message so
+the outcome survives the pod's garbage collection."""
+ENGINE_ANNOTATION = "optimodel.dev/engine"
+"""On the Triton Deployment: the served engine and its benchmark, so status can be rebuilt."""
+REBUILD_ANNOTATION = "optimodel.dev/rebuild"
+"""On the OptimizedModel, set by the user: a new value forces a new build (a new build key)."""
+FIELD_MANAGER = "optimodel-operator"
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
 MODELS_DIR = "/models"
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
@@ -37,19 +46,24 @@ class ModelRef:
     namespace: str
     uid: str
     spec: OptimizedModelSpec
+    rebuild: str | None = None
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> "ModelRef":
         meta = body["metadata"]
         return cls(meta["name"], meta["namespace"], meta["uid"],
-                   OptimizedModelSpec.model_validate(body.get("spec") or {}))
+                   OptimizedModelSpec.model_validate(body.get("spec") or {}),
+                   (meta.get("annotations") or {}).get(REBUILD_ANNOTATION) or None)
 
 
 # --- naming, labels, ownership ------------------------------------------------------------
 
-def job_name(model: ModelRef, key: str) -> str:
-    """``<name>-build-<key[:10]>``, trimmed so it stays a valid 63-character label value."""
-    return f"{model.name[:46]}-build-{key[:10]}"
+def job_name(model: ModelRef, key: str, attempt: int = 0) -> str:
+    """``<name>-build-<key[:10]>`` (``-r<attempt>`` for retries), at most 63 characters."""
+    if attempt == 0:
+        return f"{model.name[:46]}-build-{key[:10]}"
+    suffix = f"-r{attempt}"
+    return f"{model.name[:46 - len(suffix)]}-build-{key[:10]}{suffix}"
 
 
 def labels(model: ModelRef, component: str) -> dict[str, str]:
@@ -133,10 +147,17 @@ def gpu_resources(model: ModelRef) -> dict[str, str]:
     return {} if on_cpu(model) else {"nvidia.com/gpu": str(model.spec.serving.gpu.count)}
 
 
+def builder_image(model: ModelRef, settings: OperatorSettings) -> str:
+    if on_cpu(model):
+        return settings.builder_cpu_image or settings.builder_image
+    return settings.builder_image
+
+
 def build_spec(model: ModelRef, settings: OperatorSettings) -> BuildSpec:
     """Exactly the inputs of the build key (serving edits are not among them)."""
     return BuildSpec(model=model.spec.model, optimization=model.spec.optimization,
-                     gpu_product=gpu_product(model, settings))
+                     gpu_product=gpu_product(model, settings),
+                     builder_image=builder_image(model, settings), rebuild=model.rebuild)
 
 
 def artifact_uri(model: ModelRef, key: str, settings: OperatorSettings) -> str:
@@ -172,8 +193,11 @@ def _storage(model: ModelRef, settings: OperatorSettings, *, sources: list[str],
     return volumes, mounts, env_from
 
 
-def builder_job(model: ModelRef, key: str, settings: OperatorSettings) -> dict[str, Any]:
-    """The builder Job: one pod on a GPU node of the serving GPU type, args as a list."""
+def builder_job(model: ModelRef, key: str, settings: OperatorSettings, attempt: int = 0) -> dict[str, Any]:
+    """The builder Job: one pod on a GPU node of the serving GPU type, args as a list.
+
+    ``attempt`` > 0 is a retry after an infrastructure failure (a new Job: a failed Job is final).
+    """
     output = artifact_uri(model, key, settings)
     spec_json = json.dumps(build_spec(model, settings).to_wire(), sort_keys=True, separators=(",", ":"))
     sources = [model.spec.model.uri, output]
@@ -186,14 +210,13 @@ def builder_job(model: ModelRef, key: str, settings: OperatorSettings) -> dict[s
     node_selector, tolerations = placement(model, settings)
     container = {
         "name": "builder",
-        "image": (settings.builder_cpu_image or settings.builder_image) if on_cpu(model) else settings.builder_image,
+        "image": builder_image(model, settings),
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["optimodel"],
-        "args": ["build", "--spec-json", spec_json, "--output", output,
+        "args": ["build", "--spec-json", spec_json, "--build-key", key, "--output", output,
                  "--model-name", model.name, "--termination-message-path", TERMINATION_MESSAGE_PATH],
         "env": [
             {"name": "OPTIMODEL_PVC_ROOT", "value": settings.pvc_mount_root},
-            {"name": "OPTIMODEL_BUILD_KEY", "value": key},
             {"name": "HOME", "value": "/tmp"},
         ],
         "resources": {
@@ -228,7 +251,8 @@ def builder_job(model: ModelRef, key: str, settings: OperatorSettings) -> dict[s
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": metadata(model, job_name(model, key), "builder", annotations={KEY_ANNOTATION: key}),
+        "metadata": metadata(model, job_name(model, key, attempt), "builder",
+                             annotations={KEY_ANNOTATION: key, ATTEMPT_ANNOTATION: str(attempt)}),
         "spec": job_spec,
     }
 
@@ -250,8 +274,77 @@ def desired_replicas(model: ModelRef) -> int:
     return model.spec.serving.replicas
 
 
-def triton_deployment(model: ModelRef, engine: EngineStatus, settings: OperatorSettings) -> dict[str, Any]:
-    """Triton serving the engine; the repository is staged from artifact storage by an init container."""
+def applied_by(obj: dict[str, Any] | None, path: tuple[str, ...], manager: str = FIELD_MANAGER) -> bool:
+    """True when ``manager``'s server-side apply owns the field at ``path`` of the live ``obj``."""
+    for entry in (obj or {}).get("metadata", {}).get("managedFields") or []:
+        if entry.get("manager") != manager or entry.get("operation") != "Apply":
+            continue
+        node = entry.get("fieldsV1") or {}
+        for key in path:
+            node = node.get(f"f:{key}")
+            if node is None:
+                break
+        else:
+            return True
+    return False
+
+
+def replicas_to_apply(model: ModelRef, live: dict[str, Any] | None) -> int | None:
+    """``spec.replicas`` in our apply, or None to leave it out (the autoscaler owns it).
+
+    Without autoscaling it is the spec's. With autoscaling our field manager never sets it, so
+    our apply can never undo an autoscaler's decision (a forced apply of a stale value would).
+    The one exception: if our manager still owns the field (autoscaling was just switched on),
+    leaving it out would delete it and Deployment would default it to 1, so we keep the live
+    value until the autoscaler takes the field over with its first write. The initial value of
+    a new Deployment is seeded by ``initial_replicas`` under another field manager.
+    """
+    if not model.spec.autoscaling.enabled:
+        return model.spec.serving.replicas
+    if live is not None and applied_by(live, ("spec", "replicas")):
+        return (live.get("spec") or {}).get("replicas", desired_replicas(model))
+    return None
+
+
+INITIAL_REPLICAS_MANAGER = "optimodel-operator-initial-replicas"
+
+
+def initial_replicas(model: ModelRef) -> dict[str, Any]:
+    """Apply patch (for ``INITIAL_REPLICAS_MANAGER``) seeding a new autoscaled Deployment with
+    ``minReplicas``: a separate owner, so the operator's own apply never owns the field and the
+    autoscaler's first write takes it over."""
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": model.name, "namespace": model.namespace},
+            "spec": {"replicas": desired_replicas(model)}}
+
+
+def engine_annotation(engine: EngineStatus, benchmark: BenchmarkStatus | None) -> str:
+    """The served engine (and its benchmark) as recorded on the Deployment (see ``ENGINE_ANNOTATION``)."""
+    record = {"engine": engine.to_wire(), **({"benchmark": benchmark.to_wire()} if benchmark else {})}
+    return json.dumps(record, sort_keys=True, separators=(",", ":"))
+
+
+def engine_from_deployment(live: dict[str, Any] | None) -> tuple[EngineStatus | None, BenchmarkStatus | None]:
+    """Engine and benchmark recorded on a live Deployment (to rebuild a lost status)."""
+    text = ((live or {}).get("metadata", {}).get("annotations") or {}).get(ENGINE_ANNOTATION)
+    if not text:
+        return None, None
+    try:
+        record = json.loads(text)
+        engine = EngineStatus.model_validate(record["engine"])
+        benchmark = BenchmarkStatus.model_validate(record["benchmark"]) if record.get("benchmark") else None
+    except (ValueError, KeyError, TypeError):
+        return None, None
+    return engine, benchmark
+
+
+def triton_deployment(model: ModelRef, engine: EngineStatus, settings: OperatorSettings,
+                      live: dict[str, Any] | None = None, benchmark: BenchmarkStatus | None = None
+                      ) -> dict[str, Any]:
+    """Triton serving the engine; the repository is staged from artifact storage by an init container.
+
+    ``live`` is the current Deployment, if any: it decides whether we set ``spec.replicas``.
+    """
     serving = model.spec.serving
     volumes, mounts, env_from = _storage(model, settings, sources=[engine.uri], writable=set())
     read_only_mounts = [{**m, "readOnly": True} for m in mounts]
@@ -324,12 +417,14 @@ def triton_deployment(model: ModelRef, engine: EngineStatus, settings: OperatorS
                          {"name": "shm", "mountPath": "/dev/shm"}],
     }
     pod_labels = {**labels(model, "server"), **selector_labels(model)}
+    replicas = replicas_to_apply(model, live)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": metadata(model, model.name, "server", annotations={KEY_ANNOTATION: engine.key}),
+        "metadata": metadata(model, model.name, "server", annotations={
+            KEY_ANNOTATION: engine.key, ENGINE_ANNOTATION: engine_annotation(engine, benchmark)}),
         "spec": {
-            "replicas": desired_replicas(model),
+            **({"replicas": replicas} if replicas is not None else {}),
             "selector": {"matchLabels": selector_labels(model)},
             "strategy": rollout_strategy(model),
             "template": {

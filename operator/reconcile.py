@@ -1,27 +1,27 @@
 """Reconcile one ``OptimizedModel``: from spec to build, engine, serving objects and status.
 
-Level-triggered and idempotent: every call reads the world afresh (the model, its build Job,
-its Deployment) and converges it; calling it twice changes nothing the second time. Every kopf
-handler (model events, child Job and Deployment events) ends up here.
+Level-triggered and idempotent: every call reads the world afresh (the model, its build Jobs,
+its Deployment) and converges it; calling it twice changes nothing the second time. The work
+queue (``controller``) calls it for every event of the model or its children, on a periodic
+resync, and again with backoff when it raised.
 
 Steps:
  1. Read the model; compute the build key of what the spec asks for.
- 2. If the served engine has another key: find or create the build Job for this key; read its
-    outcome (the builder's summary from the pod's termination message).
+ 2. If the served engine has another key: advance that key's build (``builds.step``): create
+    its Job, explain a wait, read the outcome, retry an infrastructure failure.
  3. A succeeded build becomes the engine; a failed one is reported and changes nothing else,
     so the previous engine keeps serving.
  4. With an engine: apply Deployment, Service, PodDisruptionBudget, autoscaler, PodMonitor.
  5. Observe the Deployment; write status (conditions, phase, engine, benchmark) and Events.
+
+Status is a cache, not the only record: a lost status is rebuilt from the Deployment's engine
+annotation and the build Jobs' summaries (``builds``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
-import threading
-import time
-from collections import defaultdict
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -37,8 +37,8 @@ from optimodel.api.status import (
     OptimizedModelStatus,
     Throughput,
 )
+from optimodel.operator import builds, metrics
 from optimodel.operator import manifests as m
-from optimodel.operator import metrics
 from optimodel.operator.conditions import Desired, merge_conditions, pod_problem, status_patch, transitions
 from optimodel.operator.kube import Kube
 from optimodel.operator.settings import OperatorSettings
@@ -48,136 +48,102 @@ log = logging.getLogger("optimodel.reconcile")
 MODEL_API = f"{GROUP}/{VERSION}"
 KEDA_CRD = "scaledobjects.keda.sh"
 PODMONITOR_CRD = "podmonitors.monitoring.coreos.com"
-REPLICAS = ("spec", "replicas")
-
-_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 
 
-@dataclass
-class BuildOutcome:
-    state: str  # Running | Succeeded | Failed
-    job: str
-    summary: BuildSummary | None = None
-    reason: str | None = None
-    message: str | None = None
+@dataclass(frozen=True)
+class Result:
+    """What the work queue should do next with this key (besides the periodic resync)."""
+
+    requeue_after: float | None = None
 
 
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str) -> None:
-    """Converge one model. Serialized per object: model and child events may race."""
-    with _locks[(namespace, name)]:
-        started = time.monotonic()
-        body = kube.get(MODEL_API, "OptimizedModel", namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return  # gone: owner references let the garbage collector remove the children
-        try:
-            _reconcile(kube, settings, body)
-        except Exception:
-            metrics.inc("optimodel_reconcile_total", result="error")
-            raise
-        metrics.inc("optimodel_reconcile_total", result="ok")
-        metrics.inc("optimodel_reconcile_seconds_sum", time.monotonic() - started)
-        metrics.inc("optimodel_reconcile_seconds_count")
+def reconcile(kube: Kube, settings: OperatorSettings, namespace: str, name: str) -> Result | None:
+    """Converge one model; None when it is gone (nothing to requeue)."""
+    body = kube.get(MODEL_API, "OptimizedModel", namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return None  # gone: owner references let the garbage collector remove the children
+    return _reconcile(kube, settings, body)
 
 
-def _reconcile(kube: Kube, settings: OperatorSettings, body: dict) -> None:
-    # 1. What the spec asks for.
+def read_status(body: dict) -> OptimizedModelStatus:
+    """The model's status, or an empty one if it cannot be read (then it is rebuilt)."""
+    try:
+        return OptimizedModelStatus.model_validate(body.get("status") or {})
+    except ValidationError as err:
+        log.warning("unreadable status of %s/%s, rebuilding it: %s", body["metadata"]["namespace"],
+                    body["metadata"]["name"], err)
+        return OptimizedModelStatus()
+
+
+def _reconcile(kube: Kube, settings: OperatorSettings, body: dict) -> Result:
+    # 1. What the spec asks for; what is served (status, else the Deployment's record).
     model = m.ModelRef.from_body(body)
-    old = OptimizedModelStatus.model_validate(body.get("status") or {})
+    old = read_status(body)
     key = build_key(m.build_spec(model, settings))
+    live = kube.get("apps/v1", "Deployment", model.namespace, model.name)
     engine, benchmark = old.engine, old.benchmark
+    if engine is None:
+        engine, benchmark = m.engine_from_deployment(live)
 
     # 2-3. Build unless the served engine already has this key (the engine cache).
-    _cancel_superseded_builds(kube, model, key)
-    build = None
+    jobs = builds.model_jobs(kube, model)
+    _cancel_superseded_builds(kube, model, key, jobs)
+    build, requeue = None, None
     if engine is None or engine.key != key:
-        outcome = _build(kube, settings, model, key)
-        build = BuildStatus(key=key, job=outcome.job, state=outcome.state,
-                            reason=outcome.reason, message=outcome.message)
+        outcome = builds.step(kube, settings, model, key, jobs)
+        requeue = outcome.requeue_after
+        build = BuildStatus(key=key, job=outcome.job, state=_build_state(outcome.state),
+                            attempt=outcome.attempt, reason=outcome.reason, message=outcome.message)
         if outcome.state == "Succeeded" and outcome.summary and outcome.summary.engine:
             engine = _engine_status(outcome.summary, m.artifact_uri(model, key, settings))
             benchmark = _benchmark_status(outcome.summary)
             build = None  # the build became the engine: nothing in flight
 
     # 4. Serve the engine (the previous one while a new build runs or after it failed).
-    deployment, autoscaler, problem = None, None, None
+    deployment, scaling, problem = None, None, None
     if engine is not None:
-        deployment, autoscaler = _serve(kube, settings, model, engine)
-        if deployment and (deployment.get("status") or {}).get("readyReplicas", 0) == 0:
+        deployment, scaling = _serve(kube, settings, model, engine, benchmark, live)
+        if (deployment.get("status") or {}).get("readyReplicas", 0) == 0:
             selector = ",".join(f"{k}={v}" for k, v in m.selector_labels(model).items())
             problem = pod_problem(kube.list("v1", "Pod", model.namespace, label_selector=selector))
 
     # 5. Status and Events.
-    new = _status(body, model, old, key, engine, benchmark, build, deployment, autoscaler, problem)
+    new = _status(body, model, old, key, engine, benchmark, build, deployment, scaling, problem)
+    write_status(kube, body, old, new)
+    return Result(requeue_after=requeue)
+
+
+def write_status(kube: Kube, body: dict, old: OptimizedModelStatus, new: OptimizedModelStatus) -> None:
+    """Patch what changed, then one Event per condition transition (none when nothing changed)."""
     patch = status_patch(old.to_wire(), new.to_wire())
-    if patch is not None:
-        kube.patch_model_status(model.namespace, model.name, patch)
-        for type_, reason, message in transitions(old, new):
-            kube.post_event(body, type_, reason, message)
-            if reason in ("EngineBuilt", "BuildFailed"):
-                metrics.inc("optimodel_builds_total", event="succeeded" if reason == "EngineBuilt" else "failed")
+    if patch is None:
+        return
+    meta = body["metadata"]
+    kube.patch_model_status(meta["namespace"], meta["name"], patch)
+    for type_, reason, message in transitions(old, new):
+        kube.post_event(body, type_, reason, message)
+        if reason in ("EngineBuilt", "BuildFailed"):
+            metrics.inc("optimodel_builds_total", event="succeeded" if reason == "EngineBuilt" else "failed")
 
 
-def _build(kube: Kube, settings: OperatorSettings, model: m.ModelRef, key: str) -> BuildOutcome:
-    job_name = m.job_name(model, key)
-    job = kube.get("batch/v1", "Job", model.namespace, job_name)
-    if job is None:
-        kube.apply(m.builder_job(model, key, settings))
-        metrics.inc("optimodel_builds_total", event="created")
-        log.info("created build Job %s/%s for key %s", model.namespace, job_name, key[:10])
-        return BuildOutcome("Running", job_name, message=f"Build Job {job_name} created")
-    conditions = {c["type"]: c for c in (job.get("status") or {}).get("conditions") or []
-                  if c.get("status") == "True"}
-    if "Complete" not in conditions and "Failed" not in conditions:
-        return BuildOutcome("Running", job_name, message=f"Build Job {job_name} running")
-    summary = _read_summary(kube, model.namespace, job_name)
-    if "Complete" in conditions:
-        if summary and summary.succeeded and summary.engine:
-            return BuildOutcome("Succeeded", job_name, summary,
-                                message=f"Engine {summary.engine.precision}/{summary.engine.target} built")
-        return BuildOutcome("Failed", job_name, summary, reason="ReportMissing",
-                            message=f"Build Job {job_name} completed without a valid build summary "
-                            "in its termination message")
-    if summary and not summary.succeeded:
-        return BuildOutcome("Failed", job_name, summary, reason=summary.reason or "BuildFailed",
-                            message=summary.message)
-    failed = conditions["Failed"]
-    return BuildOutcome("Failed", job_name, summary, reason=failed.get("reason") or "BuildFailed",
-                        message=failed.get("message") or f"Build Job {job_name} failed")
+def _build_state(state: str) -> str:
+    return {"Pending": "Running", "Retrying": "Running"}.get(state, state)
 
 
-def _cancel_superseded_builds(kube: Kube, model: m.ModelRef, key: str) -> None:
+def _cancel_superseded_builds(kube: Kube, model: m.ModelRef, key: str, jobs: list[dict]) -> None:
     """Delete running build Jobs of this model for keys the spec no longer asks for.
 
     They would hold a GPU for an engine nobody will serve. Finished Jobs are kept as history.
     """
-    selector = f"{m.MODEL_LABEL}={model.name},app.kubernetes.io/component=builder"
-    for job in kube.list("batch/v1", "Job", model.namespace, label_selector=selector):
-        done = any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-                   for c in (job.get("status") or {}).get("conditions") or [])
-        job_key = (job["metadata"].get("annotations") or {}).get(m.KEY_ANNOTATION)
-        if job_key != key and not done:
+    for job in jobs:
+        if builds.key_of(job) != key and not builds.finished(job):
             log.info("cancelling superseded build Job %s", job["metadata"]["name"])
-            kube.delete("batch/v1", "Job", model.namespace, job["metadata"]["name"])
-            metrics.inc("optimodel_builds_total", event="cancelled")
-
-
-def _read_summary(kube: Kube, namespace: str, job_name: str) -> BuildSummary | None:
-    """The builder's summary from the newest pod's termination message, if any."""
-    pods = kube.list("v1", "Pod", namespace, label_selector=f"batch.kubernetes.io/job-name={job_name}")
-    pods.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True)
-    for pod in pods:
-        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-            terminated = (cs.get("state") or {}).get("terminated") or {}
-            if cs.get("name") == "builder" and terminated.get("message"):
-                try:
-                    return BuildSummary.model_validate(json.loads(terminated["message"]))
-                except (ValueError, ValidationError) as err:
-                    log.warning("unparseable termination message in %s: %s", pod["metadata"]["name"], err)
-    return None
+            if kube.delete_owned("batch/v1", "Job", model.namespace, job["metadata"]["name"], model.uid):
+                metrics.inc("optimodel_builds_total", event="cancelled")
 
 
 def _engine_status(summary: BuildSummary, uri: str) -> EngineStatus:
@@ -203,33 +169,45 @@ def _benchmark_status(summary: BuildSummary) -> BenchmarkStatus:
     )
 
 
-def _serve(kube: Kube, settings: OperatorSettings, model: m.ModelRef, engine: EngineStatus
-           ) -> tuple[dict | None, str | None]:
-    """Apply the serving objects; return the live Deployment and the autoscaler kind in use."""
-    scaling = model.spec.autoscaling.enabled
-    # With autoscaling on, spec.replicas belongs to the autoscaler: set once at creation only.
-    kube.apply(m.triton_deployment(model, engine, settings), not_owned=(REPLICAS,) if scaling else ())
+@dataclass(frozen=True)
+class Scaling:
+    """The autoscaler in use (hpa, keda, none) and, when the asked-for one cannot run, why."""
+
+    engine: str
+    problem: str | None = None
+
+
+def _serve(kube: Kube, settings: OperatorSettings, model: m.ModelRef, engine: EngineStatus,
+           benchmark: BenchmarkStatus | None, live: dict | None) -> tuple[dict, Scaling]:
+    """Apply the serving objects; return the live Deployment and the autoscaler in use."""
+    deployment, _ = kube.apply(m.triton_deployment(model, engine, settings, live, benchmark))
+    if live is None and model.spec.autoscaling.enabled:
+        deployment, _ = kube.apply(m.initial_replicas(model), manager=m.INITIAL_REPLICAS_MANAGER)
     kube.apply(m.triton_service(model))
     kube.apply(m.pod_disruption_budget(model))
     keda_installed = kube.crd_installed(KEDA_CRD)
     choice = m.autoscaler_engine(model, keda_installed=keda_installed)
-    # Exactly one autoscaler (or none): remove the kind we do not use (404 = already gone).
-    if choice == "hpa":
+    scaling = Scaling(choice or "none")
+    if choice == "keda" and not keda_installed:
+        scaling = Scaling("none", f"autoscaling.engine is keda but KEDA is not installed (no CRD "
+                          f"{KEDA_CRD}): install KEDA, or set autoscaling.engine to hpa or auto")
+    # Exactly one autoscaler (or none): remove one of ours of the kind we do not use.
+    if scaling.engine == "hpa":
         kube.apply(m.horizontal_pod_autoscaler(model))
     else:
-        kube.delete("autoscaling/v2", "HorizontalPodAutoscaler", model.namespace, model.name)
-    if choice == "keda":
+        kube.delete_owned("autoscaling/v2", "HorizontalPodAutoscaler", model.namespace, model.name, model.uid)
+    if scaling.engine == "keda":
         kube.apply(m.scaled_object(model, settings))
     elif keda_installed:
-        kube.delete("keda.sh/v1alpha1", "ScaledObject", model.namespace, model.name)
+        kube.delete_owned("keda.sh/v1alpha1", "ScaledObject", model.namespace, model.name, model.uid)
     if kube.crd_installed(PODMONITOR_CRD):
         kube.apply(m.pod_monitor(model))
-    return kube.get("apps/v1", "Deployment", model.namespace, model.name), choice or "none"
+    return deployment, scaling
 
 
 def _status(body: dict, model: m.ModelRef, old: OptimizedModelStatus, key: str,
             engine: EngineStatus | None, benchmark: BenchmarkStatus | None, build: BuildStatus | None,
-            deployment: dict | None, autoscaler: str | None, problem: str | None) -> OptimizedModelStatus:
+            deployment: dict | None, scaling: Scaling | None, problem: str | None) -> OptimizedModelStatus:
     generation = body["metadata"].get("generation")
     built_current = engine is not None and engine.key == key
     failed = build is not None and build.state == "Failed" and build.key == key
@@ -239,6 +217,8 @@ def _status(body: dict, model: m.ModelRef, old: OptimizedModelStatus, key: str,
                         f"{engine.target}) built and verified")
     elif failed:
         built = Desired("Built", False, "BuildFailed", f"{build.reason}: {build.message or ''}".strip())
+    elif build is not None and build.reason:  # waiting (BuildPending) or retrying (BuildRetrying)
+        built = Desired("Built", False, build.reason, build.message or "")
     else:
         built = Desired("Built", False, "Building", f"Building engine {key[:10]} in Job {build.job if build else ''}")
 
@@ -261,6 +241,16 @@ def _status(body: dict, model: m.ModelRef, old: OptimizedModelStatus, key: str,
             detail = f"; {problem}" if problem else ""
             ready = Desired("Ready", False, "ReplicasNotReady", f"{ready_replicas}/{replicas} replicas ready{detail}")
 
+    desired = [built, deployed, ready]
+    if deployment is not None and model.spec.autoscaling.enabled and scaling is not None:
+        if scaling.problem:
+            desired.append(Desired("Autoscaling", False, "AutoscalerNotInstalled", scaling.problem))
+        else:
+            bounds = f"{model.spec.autoscaling.min_replicas}-{model.spec.autoscaling.max_replicas}"
+            desired.append(Desired("Autoscaling", True, "AutoscalerActive",
+                                   f"{scaling.engine} scales {bounds} replicas on queue depth"))
+    desired.append(Desired("Synced", True, "Reconciled", ""))
+
     if failed:
         phase = "Failed"
     elif not built_current:
@@ -273,14 +263,14 @@ def _status(body: dict, model: m.ModelRef, old: OptimizedModelStatus, key: str,
     return OptimizedModelStatus(
         phase=phase,
         observed_generation=generation,
-        conditions=merge_conditions(old.conditions, [built, deployed, ready], now(), generation),
+        conditions=merge_conditions(old.conditions, desired, now(), generation),
         engine=engine,
         build=build,
         benchmark=benchmark,
         precision=engine.precision if engine else None,
         replicas=replicas if deployment else None,
         ready_replicas=ready_replicas if deployment else None,
-        autoscaler=autoscaler,
+        autoscaler=scaling.engine if scaling else None,
         endpoint=m.endpoint(model) if deployment else None,
         message=(f"{build.reason}: {build.message}" if failed else None),
     )

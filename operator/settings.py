@@ -80,6 +80,31 @@ class OperatorSettings(BaseModel):
     )
     build_backoff_limit: int = Field(default=0, ge=0, le=10,
                                      description="Job backoffLimit: builds are deterministic, retry rarely helps.")
+    build_max_attempts: int = Field(
+        default=4, ge=1, le=20,
+        description="Build Jobs per build key when builds fail for infrastructure reasons (OOM kill, "
+        "eviction, preemption, lost node, deadline); model failures are never retried.")
+    build_retry_base_seconds: float = Field(
+        default=30, ge=0, description="Wait before the first infrastructure retry; doubles each attempt.")
+    build_retry_max_seconds: float = Field(default=600, ge=0, description="Cap of the retry wait.")
+    resync_seconds: float = Field(
+        default=300, gt=0, description="Every model is reconciled at least this often, so drift in "
+        "its children is repaired even without an event.")
+    workers: int = Field(default=8, ge=1, le=64, description="Models reconciled in parallel.")
+    retry_base_seconds: float = Field(
+        default=1, gt=0, description="Backoff after a failed reconcile; doubles per failure.")
+    retry_max_seconds: float = Field(default=120, gt=0, description="Cap of the reconcile backoff.")
+    leader_election: bool = Field(
+        default=False, description="Run as one of several replicas: only the holder of a Lease "
+        "acts (the chart turns this on).")
+    leader_election_namespace: str | None = Field(
+        default=None, description="Namespace of the Lease (the chart sets the release namespace).")
+    leader_election_lease_name: str = Field(default="optimodel-operator")
+    lease_duration_seconds: float = Field(
+        default=15, gt=0, description="A leader that has not renewed for this long is replaced.")
+    renew_deadline_seconds: float = Field(
+        default=10, gt=0, description="A leader that cannot renew within this long stops acting.")
+    lease_retry_seconds: float = Field(default=2, gt=0, description="How often the Lease is renewed or tried.")
     build_active_deadline_seconds: int = Field(default=3600, ge=60,
                                                description="Kill a build that runs longer than this.")
     build_ttl_seconds_after_finished: int | None = Field(

@@ -35,3 +35,11 @@ def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str
     if field_path:
         entry["fieldPath"] = field_path
     return entry
+
+
+class ObservedModel(ApiModel):
+    """Base for what the operator and builder *read back* (status, reports): unknown fields are
+    ignored, not refused, so a status written by a newer operator before a rollback, or a summary
+    from a newer builder, still parses. Specs stay strict (``ApiModel``)."""
+
+    model_config = ConfigDict(**{**ApiModel.model_config, "extra": "ignore"})

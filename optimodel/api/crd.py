@@ -94,6 +94,15 @@ PRINTER_COLUMNS = [
 ]
 
 
+NAME_RULE = {
+    # The name becomes a Service name (DNS-1035 label), label values and the prefix of Job names.
+    "rule": "self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+    "message": "metadata.name must be a DNS-1035 label (at most 63 characters: lower-case letters, "
+    "digits and '-', starting with a letter and ending with a letter or digit), because it names "
+    "the model's Service, Deployment and labels",
+}
+
+
 def crd_manifest() -> dict[str, Any]:
     """The full CRD object."""
     spec_schema = openapi_schema(OptimizedModelSpec)
@@ -132,6 +141,7 @@ def crd_manifest() -> dict[str, Any]:
                     "Triton inference service: build (compress, compile, verify, benchmark), "
                     "then serve and scale on queue depth.",
                     "required": ["spec"],
+                    "x-kubernetes-validations": [NAME_RULE],
                     "properties": {
                         "apiVersion": {"type": "string"},
                         "kind": {"type": "string"},

@@ -1,9 +1,11 @@
 """The build key: one hash that decides whether an engine must be (re)built.
 
-sha256 over the model source identity, the optimization spec, the GPU product and the builder
-version. The operator computes it to name the Job and find cached engines; the builder computes
-the same value to name its output and skip work already done. Serving and autoscaling settings
-are not part of it, so editing them never rebuilds.
+sha256 over the model source identity, the optimization spec, the GPU product, the builder
+version and image, and the user's rebuild token. The operator computes it, names the Job after it
+and passes it down (``--build-key``); the builder recomputes it from the spec and its own version
+and refuses a mismatch (``BuildKeyMismatch``: operator and builder disagree, i.e. version skew),
+so an engine is never filed under a key that another builder would compute differently. Serving
+and autoscaling settings are not part of it, so editing them never rebuilds.
 """
 
 from __future__ import annotations
@@ -32,5 +34,8 @@ def build_key(spec: BuildSpec, builder_version: str = BUILDER_VERSION) -> str:
         "gpuProduct": spec.gpu_product or "",
         "builderVersion": builder_version,
     }
+    for optional, wire in ((spec.builder_image, "builderImage"), (spec.rebuild, "rebuild")):
+        if optional:  # left out when unset: keys of specs without them stay what they were
+            identity[wire] = optional
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()

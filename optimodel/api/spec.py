@@ -302,3 +302,9 @@ class BuildSpec(ApiModel):
     model: ModelSource
     optimization: Optimization = Field(default_factory=Optimization)
     gpu_product: str | None = Field(default=None, description="GPU type the engine targets.")
+    builder_image: str | None = Field(
+        default=None, description="Image reference (tag or digest) of the builder the operator "
+        "runs: a new builder image is a new key, so it never reuses engines older code built.")
+    rebuild: str | None = Field(
+        default=None, description="The model's optimodel.dev/rebuild annotation: changing it "
+        "forces a new build (a new key) of an otherwise unchanged spec.")

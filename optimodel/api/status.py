@@ -6,13 +6,13 @@ from typing import Literal
 
 from pydantic import Field
 
-from optimodel.api.base import ApiModel
+from optimodel.api.base import ObservedModel
 
 Phase = Literal["Pending", "Building", "Deploying", "Ready", "Failed"]
-ConditionType = Literal["Built", "Deployed", "Ready"]
+ConditionType = Literal["Built", "Deployed", "Ready", "Autoscaling", "Synced"]
 
 
-class Condition(ApiModel):
+class Condition(ObservedModel):
     """A standard Kubernetes condition (metav1.Condition shape)."""
 
     type: ConditionType
@@ -23,7 +23,7 @@ class Condition(ApiModel):
     observed_generation: int | None = None
 
 
-class EngineStatus(ApiModel):
+class EngineStatus(ObservedModel):
     """The engine that is (or is about to be) served."""
 
     key: str = Field(description="Build key: sha256 of source, optimization, GPU and builder version.")
@@ -38,18 +38,18 @@ class EngineStatus(ApiModel):
     size_bytes: int | None = None
 
 
-class Throughput(ApiModel):
+class Throughput(ObservedModel):
     runtime: str | None = None
     throughput: float | None = Field(default=None, description="Samples per second.")
     batch_size: int | None = None
 
 
-class AccuracyStatus(ApiModel):
+class AccuracyStatus(ObservedModel):
     metric: str
     value: float
 
 
-class BenchmarkStatus(ApiModel):
+class BenchmarkStatus(ObservedModel):
     """Measured by the builder in one run: the baseline and the selected engine."""
 
     baseline: Throughput | None = None
@@ -60,17 +60,18 @@ class BenchmarkStatus(ApiModel):
     report_uri: str | None = None
 
 
-class BuildStatus(ApiModel):
+class BuildStatus(ObservedModel):
     """The build in flight (or the last one that failed)."""
 
     key: str
     job: str
     state: Literal["Running", "Succeeded", "Failed"]
+    attempt: int = Field(default=0, description="0 for the first Job of this key; retries count up.")
     reason: str | None = None
     message: str | None = None
 
 
-class OptimizedModelStatus(ApiModel):
+class OptimizedModelStatus(ObservedModel):
     """Observed state, reconciled level-triggered from the spec and the child objects."""
 
     phase: Phase = "Pending"

@@ -122,3 +122,17 @@ def test_valid_base_is_accepted(cluster, crd, namespace):
         "metadata": {"name": "good"}, "spec": BASE})
     assert created["spec"]["optimization"]["precision"] == "auto"  # server-side defaults applied
     assert created["spec"]["serving"]["dynamicBatching"]["maxQueueDelayMicroseconds"] == 100
+
+
+@pytest.mark.parametrize("name", ["m.v2", "9lives", "x" * 64], ids=["dot", "leading-digit", "64-chars"])
+def test_names_that_cannot_name_children_are_refused(cluster, crd, namespace, name):
+    """A name valid for a custom resource (DNS-1123 subdomain) but not for the model's Service
+    or labels would otherwise fail later, on a child, with nobody told."""
+    custom = client.CustomObjectsApi(cluster.api_client())
+    with pytest.raises(client.ApiException) as err:
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "OptimizedModel",
+            "metadata": {"name": name}, "spec": BASE})
+    assert err.value.status == 422
+    text = json.loads(err.value.body)["message"]
+    assert "metadata.name must be a DNS-1035 label" in text, text

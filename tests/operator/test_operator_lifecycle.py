@@ -68,7 +68,7 @@ def test_successful_build_deploys_triton_and_becomes_ready(models, operator, nam
     assert status["endpoint"] == f"http://minilm.{namespace}.svc:8000/v2/models/minilm"
     assert status["readyReplicas"] >= 1
     assert {c["type"]: c["status"] for c in status["conditions"]} == {
-        "Built": "True", "Deployed": "True", "Ready": "True"}
+        "Built": "True", "Deployed": "True", "Ready": "True", "Autoscaling": "True", "Synced": "True"}
     uid = models.get("minilm")["metadata"]["uid"]
     deployment = models.apps.read_namespaced_deployment("minilm", namespace)
     service = models.core.read_namespaced_service("minilm", namespace)
@@ -81,8 +81,9 @@ def test_successful_build_deploys_triton_and_becomes_ready(models, operator, nam
     assert [p.name for p in service.spec.ports] == ["http", "grpc", "metrics"]
     assert hpa.spec.metrics[0].pods.metric.name == "nv_inference_pending_request_count"
     reasons = [e.reason for e in models.events("minilm")]
-    for reason in ("Building", "EngineBuilt", "TritonDeployed", "ReplicasReady"):
+    for reason in ("Building", "EngineBuilt", "TritonDeployed", "ReplicasReady", "AutoscalerActive"):
         assert reasons.count(reason) == 1, f"one {reason} Event expected, got {reasons}"
+    assert "Reconciled" not in reasons  # a first successful reconcile is not news
 
 
 def test_optimization_edit_rebuilds_while_old_engine_keeps_serving(models, operator, namespace):
@@ -194,7 +195,8 @@ def test_spec_is_never_rewritten_by_the_operator(models, operator, namespace):
 
 
 def test_reconciling_an_unchanged_model_writes_nothing(models, operator, namespace):
-    """Compare-then-patch must converge: a no-op reconcile leaves every child untouched."""
+    """Server-side apply of an unchanged model must converge: a reconcile that runs (proved by
+    the operator's reconcile counter) leaves every child untouched."""
     build_and_serve(models)
     api = client.PolicyV1Api(models.core.api_client)
     def versions():
@@ -205,11 +207,14 @@ def test_reconciling_an_unchanged_model_writes_nothing(models, operator, namespa
             "pdb": api.read_namespaced_pod_disruption_budget("minilm", namespace).metadata.resource_version,
             "model": models.get("minilm")["metadata"]["resourceVersion"],
         }
+    time.sleep(1)  # let the reconciles of the Ready transition finish
     before = versions()
+    reconciles = operator.metric("optimodel_reconcile_total", result="ok")
     # A metadata-only change wakes the operator up (an event) without changing the spec.
     models.custom.patch_namespaced_custom_object("optimodel.dev", "v1alpha1", namespace, "optimizedmodels",
                                                  "minilm", {"metadata": {"labels": {"team": "search"}}})
-    time.sleep(3)
+    wait_for(lambda: operator.metric("optimodel_reconcile_total", result="ok") > reconciles,
+             what="a reconcile after the label edit")
     after = versions()
     assert after.pop("model") != before.pop("model")  # our label edit
     assert after == before

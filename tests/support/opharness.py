@@ -53,6 +53,24 @@ class OperatorProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
 
+    def metrics_text(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of the operator's /metrics (0 when absent, e.g. not started yet)."""
+        import re
+
+        label_text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        pattern = re.escape(f"{name}{{{label_text}}}" if label_text else name) + r" (\S+)"
+        try:
+            found = re.search(pattern, self.metrics_text())
+        except OSError:
+            return 0.0
+        return float(found.group(1)) if found else 0.0
+
     def log_tail(self, n: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-n:]
 
@@ -117,6 +135,26 @@ class Models:
                     "message": message, "startedAt": now, "finishedAt": now}},
             }],
         }})
+
+    def oom_kill(self, job_name: str) -> None:
+        """Play the kubelet: the builder container was OOM-killed (exit 137, no summary)."""
+        pod = self.builder_pod(job_name)
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        container = pod.spec.containers[0]
+        self.core.patch_namespaced_pod_status(pod.metadata.name, self.ns, {"status": {
+            "phase": "Failed",
+            "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": now}],
+            "containerStatuses": [{
+                "name": container.name, "image": container.image, "imageID": "", "ready": False,
+                "restartCount": 0, "started": False,
+                "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled",
+                                         "startedAt": now, "finishedAt": now}},
+            }],
+        }})
+
+    def annotate(self, name: str, annotations: dict) -> dict:
+        return self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name,
+                                                          {"metadata": {"annotations": annotations}})
 
     def events(self, name: str) -> list:
         return self.core.list_namespaced_event(

@@ -1,4 +1,4 @@
-"""Child classification (create / patch / unchanged) and status arithmetic, table-driven."""
+"""Desired-in-live comparison and status arithmetic, table-driven."""
 
 from __future__ import annotations
 
@@ -13,30 +13,19 @@ DESIRED = {"metadata": {"name": "m", "labels": {"a": "1"}},
            "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "c", "image": "i:1"}]}}}}
 
 
-@pytest.mark.parametrize("existing,not_owned,expected", [
-    (None, (), diff.CREATE),
-    (DESIRED, (), diff.UNCHANGED),
-    # Server-defaulted and foreign fields are not ours: still unchanged.
+@pytest.mark.parametrize("live,expected", [
+    (DESIRED, True),
+    # Server-defaulted and foreign fields are not compared.
     ({"metadata": {"name": "m", "labels": {"a": "1", "b": "2"}, "uid": "x"},
       "spec": {"replicas": 2, "template": {"spec": {"containers": [
-          {"name": "c", "image": "i:1", "imagePullPolicy": "IfNotPresent"}]}}}}, (), diff.UNCHANGED),
-    ({**DESIRED, "spec": {**DESIRED["spec"], "replicas": 7}}, (), diff.PATCH),
-    # An autoscaler owns replicas: a different count is not a difference.
-    ({**DESIRED, "spec": {**DESIRED["spec"], "replicas": 7}}, (("spec", "replicas"),), diff.UNCHANGED),
+          {"name": "c", "image": "i:1", "imagePullPolicy": "IfNotPresent"}]}}}}, True),
+    ({**DESIRED, "spec": {**DESIRED["spec"], "replicas": 7}}, False),
     ({**DESIRED, "spec": {"replicas": 2, "template": {"spec": {"containers": [
-        {"name": "c", "image": "i:2"}]}}}}, (), diff.PATCH),
-    ({**DESIRED, "spec": {"replicas": 2, "template": {"spec": {"containers": [
-        {"name": "c", "image": "i:1"}, {"name": "sidecar", "image": "s"}]}}}}, (), diff.PATCH),
-    ({"metadata": {"name": "m"}, "spec": DESIRED["spec"]}, (), diff.PATCH),
-], ids=["absent", "identical", "server-defaults", "replicas-drift", "replicas-not-owned",
-        "image-change", "extra-container", "label-missing"])
-def test_classify(existing, not_owned, expected):
-    assert diff.classify(DESIRED, existing, not_owned) == expected
-
-
-def test_without_removes_only_the_named_path_and_copies():
-    out = diff.without(DESIRED, (("spec", "replicas"),))
-    assert "replicas" not in out["spec"] and DESIRED["spec"]["replicas"] == 2
+        {"name": "c", "image": "i:1"}, {"name": "sidecar", "image": "s"}]}}}}, False),
+    ({"metadata": {"name": "m"}, "spec": DESIRED["spec"]}, False),
+], ids=["identical", "server-defaults", "replicas-drift", "extra-container", "label-missing"])
+def test_is_subset(live, expected):
+    assert diff.is_subset(DESIRED, live) is expected
 
 
 def test_first_difference_names_the_path():

@@ -50,7 +50,8 @@ def test_builder_job_exact():
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": "minilm-build-ababababab", "namespace": "ml", "labels": LABELS("builder"),
-                     "ownerReferences": OWNER, "annotations": {"optimodel.dev/build-key": KEY}},
+                     "ownerReferences": OWNER,
+                     "annotations": {"optimodel.dev/build-key": KEY, "optimodel.dev/build-attempt": "0"}},
         "spec": {
             "backoffLimit": 0,
             "activeDeadlineSeconds": 3600,
@@ -68,10 +69,9 @@ def test_builder_job_exact():
                         "image": "reg/builder:1",
                         "imagePullPolicy": "IfNotPresent",
                         "command": ["optimodel"],
-                        "args": ["build", "--spec-json", spec_json, "--output", output,
+                        "args": ["build", "--spec-json", spec_json, "--build-key", KEY, "--output", output,
                                  "--model-name", "minilm", "--termination-message-path", "/dev/termination-log"],
                         "env": [{"name": "OPTIMODEL_PVC_ROOT", "value": "/mnt/pvc"},
-                                {"name": "OPTIMODEL_BUILD_KEY", "value": KEY},
                                 {"name": "HOME", "value": "/tmp"}],
                         "resources": {"requests": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"},
                                       "limits": {"memory": "32Gi", "nvidia.com/gpu": "1"}},
@@ -117,9 +117,10 @@ def test_triton_deployment_exact():
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": "minilm", "namespace": "ml", "labels": LABELS("server"), "ownerReferences": OWNER,
-                     "annotations": {"optimodel.dev/build-key": KEY}},
+                     "annotations": {"optimodel.dev/build-key": KEY,
+                                     "optimodel.dev/engine": json.dumps({"engine": ENGINE.to_wire()},
+                                                                        sort_keys=True, separators=(",", ":"))}},
         "spec": {
-            "replicas": 2,
             "selector": {"matchLabels": SELECTOR},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "template": {
@@ -307,3 +308,51 @@ def test_gpu_and_cpu_models_of_the_same_source_have_different_build_keys():
     gpu = m.ModelRef("minilm", "ml", "uid-1", OptimizedModelSpec.model_validate(
         {**SPEC, "optimization": {"precision": "auto"}}))
     assert build_key(m.build_spec(gpu, CPU_SETTINGS)) != build_key(m.build_spec(CPU_MODEL, CPU_SETTINGS))
+
+
+def _live(replicas: int, *owners: tuple[str, str]) -> dict:
+    """A live Deployment whose spec.replicas is owned by (manager, operation) entries."""
+    fields = {"f:spec": {"f:replicas": {}}}
+    return {"metadata": {"managedFields": [{"manager": mgr, "operation": op, "fieldsV1": fields}
+                                           for mgr, op in owners]},
+            "spec": {"replicas": replicas}}
+
+
+@pytest.mark.parametrize("autoscaling,live,expected", [
+    (False, None, 3),  # no autoscaler: the spec's replicas, always
+    (False, _live(7, ("kube-controller-manager", "Update")), 3),
+    (True, None, None),  # new Deployment: seeded by initial_replicas under another manager
+    (True, _live(5, ("kube-controller-manager", "Update")), None),  # the autoscaler owns it
+    (True, _live(4, ("optimodel-operator", "Apply")), 4),  # just switched on: keep, don't delete
+    (True, _live(4, ("optimodel-operator", "Update")), None),  # an Update entry is not our apply
+], ids=["off-new", "off-scaled", "on-new", "on-autoscaler-owns", "on-we-own", "on-update-entry"])
+def test_replicas_we_apply_never_fight_the_autoscaler(autoscaling, live, expected):
+    spec = {**SPEC, "serving": {"replicas": 3}, "autoscaling": {"enabled": autoscaling, "minReplicas": 2}}
+    ref = m.ModelRef("minilm", "ml", "uid-1", OptimizedModelSpec.model_validate(spec))
+    assert m.replicas_to_apply(ref, live) == expected
+    deployment = m.triton_deployment(ref, ENGINE, SETTINGS, live)
+    assert deployment["spec"].get("replicas") == expected
+
+
+def test_initial_replicas_seed_min_replicas_under_a_separate_manager():
+    assert m.INITIAL_REPLICAS_MANAGER != m.FIELD_MANAGER
+    assert m.initial_replicas(MODEL)["spec"] == {"replicas": MODEL.spec.autoscaling.min_replicas}
+
+
+def test_engine_record_round_trips_through_the_deployment():
+    from optimodel.api.status import BenchmarkStatus
+
+    bench = BenchmarkStatus(speedup=2.5, speedup_text="2.50x")
+    deployment = m.triton_deployment(MODEL, ENGINE, SETTINGS, benchmark=bench)
+    assert m.engine_from_deployment(deployment) == (ENGINE, bench)
+    assert m.engine_from_deployment(None) == (None, None)
+    broken = {"metadata": {"annotations": {m.ENGINE_ANNOTATION: "{not json"}}}
+    assert m.engine_from_deployment(broken) == (None, None)
+
+
+def test_retry_job_names_stay_valid_and_distinct():
+    ref = m.ModelRef("x" * 63, "ml", "uid-1", OptimizedModelSpec.model_validate(SPEC))
+    names = [m.job_name(ref, KEY, attempt) for attempt in range(12)]
+    assert len(set(names)) == 12
+    assert all(len(n) <= 63 and n[0].isalpha() for n in names)
+    assert names[0] == f"{'x' * 46}-build-{KEY[:10]}"
