@@ -61,15 +61,15 @@ def classify(job: dict, pods: list[dict], summary: BuildSummary | None) -> Failu
         if status.get("reason") in INFRASTRUCTURE_POD_REASONS:
             return Failure(status["reason"], f"pod {pod['metadata']['name']}: "
                            f"{status.get('message') or status['reason']}", True)
-    if summary is not None and not summary.succeeded:
-        reason = summary.reason or "BuildFailed"
-        return Failure(reason, summary.message or reason, reason in INFRASTRUCTURE_SUMMARY_REASONS)
     conditions = {c.get("type"): c for c in (job.get("status") or {}).get("conditions") or []
                   if c.get("status") == "True"}
     failed = conditions.get("Failed") or {}
-    if failed.get("reason") == "DeadlineExceeded":
+    if failed.get("reason") == "DeadlineExceeded":  # before the summary: the builder only saw SIGTERM
         return Failure("DeadlineExceeded", f"Job {name} ran longer than its activeDeadlineSeconds "
                        "(raise the operator's build_active_deadline_seconds if builds need longer)", True)
+    if summary is not None and not summary.succeeded:
+        reason = summary.reason or "BuildFailed"
+        return Failure(reason, summary.message or reason, reason in INFRASTRUCTURE_SUMMARY_REASONS)
     if pod is None:
         return Failure("PodLost", f"Job {name} failed and its pod is gone (node lost or pod deleted): "
                        f"{failed.get('message') or failed.get('reason') or 'no pod'}", True)

@@ -64,9 +64,9 @@ class OperatorProcess:
         import re
 
         label_text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        pattern = re.escape(f"{name}{{{label_text}}}" if label_text else name) + r" (\S+)"
+        pattern = "^" + re.escape(f"{name}{{{label_text}}}" if label_text else name) + r" (\S+)$"
         try:
-            found = re.search(pattern, self.metrics_text())
+            found = re.search(pattern, self.metrics_text(), re.MULTILINE)
         except OSError:
             return 0.0
         return float(found.group(1)) if found else 0.0
