@@ -20,6 +20,7 @@ Standard library only, so it runs before any virtual environment exists.
 
     python3 hack/localcluster.py up   [--state DIR] [--real-node]   # prints the kubeconfig path
     python3 hack/localcluster.py down [--state DIR]
+    python3 hack/localcluster.py restart COMPONENT [--down-seconds S] [--state DIR]   # kill -9, start again
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -100,6 +101,9 @@ class ClusterState:
     ready_seconds: float = 0.0
     real_node: bool = False
     images: dict[str, str] = field(default_factory=dict)  # image name -> ref on the real node
+    # How each process was started, for restart(): its command line and its log file.
+    commands: dict[str, list[str]] = field(default_factory=dict)
+    log_files: dict[str, str] = field(default_factory=dict)
 
     def save(self) -> None:
         Path(self.state_dir, "cluster.json").write_text(json.dumps(asdict(self), indent=2))
@@ -107,7 +111,10 @@ class ClusterState:
     @classmethod
     def load(cls, state_dir: Path) -> "ClusterState | None":
         path = state_dir / "cluster.json"
-        return cls(**json.loads(path.read_text())) if path.exists() else None
+        if not path.exists():
+            return None
+        known = {f.name for f in fields(cls)}  # states saved by older or newer versions load too
+        return cls(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
 
 
 class ApiClient:
@@ -332,6 +339,8 @@ def up(state_dir: Path, timeout: float = 120.0, real_node: bool = False) -> Clus
         procs[name] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True)
         state.pids[name] = procs[name].pid
+        state.commands[name] = list(cmd)
+        state.log_files[name] = str(logs / f"{name}.log")
         state.save()
 
     def alive() -> None:
@@ -448,9 +457,113 @@ def down(state_dir: Path, keep_logs: bool = False) -> None:
         shutil.rmtree(state_dir, ignore_errors=True)
 
 
+def _require(state_dir: Path, name: str) -> ClusterState:
+    state = ClusterState.load(state_dir)
+    if state is None:
+        raise RuntimeError(f"no cluster state in {state_dir}")
+    if name not in state.commands:
+        known = ", ".join(state.commands) or "none (a state saved before restarts were supported)"
+        raise KeyError(f"no saved command for component {name!r} in {state_dir}; restartable: {known}")
+    return state
+
+
+def stop_component(state_dir: Path, name: str, sig: int = signal.SIGKILL, timeout: float = 15.0) -> None:
+    """Stop one component of a running cluster (its whole process group) and wait until it is gone.
+
+    SIGKILL by default: a crash, not a graceful shutdown. After ``timeout`` a process that ignored
+    ``sig`` gets SIGKILL. ``start_component`` starts it again; until then ``down`` still works.
+    """
+    state = _require(state_dir, name)
+    pid = state.pids.get(name)
+    if not realnode.process_alive(pid):
+        return
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while realnode.process_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if realnode.process_alive(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 10
+        while realnode.process_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if realnode.process_alive(pid):
+            raise RuntimeError(f"{name} (pid {pid}) survived SIGKILL for 10 s")
+
+
+def start_component(state_dir: Path, name: str, wait: bool = True, timeout: float = 120.0) -> ClusterState:
+    """Start a stopped component again with its saved command line, appending to its log.
+
+    The new pid goes into the saved state (so ``down`` stops it). With ``wait``: for
+    kube-apiserver and etcd, returns once the API server's /readyz answers 200 again; for the
+    other components, once the process has survived its first half second. Raises (with the log's
+    tail) when the process exits while waited for. The process inherits this process's
+    environment, not the original one (the components need none of their own).
+    """
+    state = _require(state_dir, name)
+    if realnode.process_alive(state.pids.get(name)):
+        raise RuntimeError(f"{name} (pid {state.pids[name]}) is still running; stop it first")
+    log_path = Path(state.log_files.get(name) or Path(state_dir, "logs", f"{name}.log"))
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    out = open(log_path, "ab")
+    out.write(f"\n--- restarted by localcluster at {time.strftime('%H:%M:%S')} ---\n".encode())
+    out.flush()
+    proc = subprocess.Popen(state.commands[name], stdout=out, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    started = time.monotonic()
+    out.close()  # the child holds its own descriptor
+    state.pids[name] = proc.pid
+    state.save()
+    if not wait:
+        return state
+    logs = log_path.parent if log_path.name == f"{name}.log" else Path(state_dir, "logs")
+    if name == "etcd":
+        cmd = state.commands[name]
+        client_url = cmd[cmd.index("--advertise-client-urls") + 1]
+
+        def etcd_healthy() -> bool:
+            with urllib.request.urlopen(client_url + "/health", timeout=2) as resp:
+                return json.loads(resp.read()).get("health") == "true"
+
+        _wait("etcd /health", etcd_healthy, timeout, {name: proc}, logs)
+    if name in ("kube-apiserver", "etcd"):
+        api = ApiClient(state.server, state.token)
+        _wait("kube-apiserver /readyz", lambda: api.request("GET", "/readyz")[0] == 200,
+              timeout, {name: proc}, logs)
+    else:
+        _wait(f"{name} to stay up", lambda: time.monotonic() - started > 0.5, timeout, {name: proc}, logs)
+    log(f"{name} restarted (pid {proc.pid})")
+    return state
+
+
+def restart(state_dir: Path, name: str, down_seconds: float = 0.0, sig: int = signal.SIGKILL,
+            timeout: float = 120.0) -> ClusterState:
+    """Kill one component of a running cluster (``sig`` to its process group, SIGKILL by default),
+    keep it down ``down_seconds``, start it again with the same command line (same log file) and
+    return the updated state once it serves again (see ``start_component``).
+
+    Components: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok (and with a
+    real node containerd, kubelet, kube-proxy). etcd keeps its data directory, so every object
+    survives; the API server's ports and certificates stay the same, so kubeconfigs stay valid.
+    """
+    stop_component(state_dir, name, sig)
+    if down_seconds > 0:
+        time.sleep(down_seconds)
+    return start_component(state_dir, name, timeout=timeout)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("action", choices=["up", "down", "status", "restart"])
+    parser.add_argument("component", nargs="?",
+                        help="restart: the component (etcd, kube-apiserver, kube-controller-manager, ...)")
+    parser.add_argument("--down-seconds", type=float, default=0.0,
+                        help="restart: how long the component stays down (default 0)")
     parser.add_argument("--state", type=Path, default=DEFAULT_STATE,
                         help=f"state directory (default {DEFAULT_STATE})")
     parser.add_argument("--real-node", action="store_true",
@@ -459,6 +572,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "up":
         state = up(args.state, real_node=args.real_node)
         print(state.kubeconfig)
+    elif args.action == "restart":
+        if not args.component:
+            parser.error("restart needs a component name")
+        restart(args.state, args.component, down_seconds=args.down_seconds)
     elif args.action == "down":
         down(args.state)
         log(f"stopped and removed {args.state}")
