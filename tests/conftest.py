@@ -11,39 +11,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
-import time
-import uuid
 from pathlib import Path
 
 import localcluster  # hack/localcluster.py (pytest's pythonpath includes hack/)
 import pytest
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-class Cluster:
-    """What a test needs to talk to the control plane."""
-
-    def __init__(self, kubeconfig: str, bin_dir: Path, ready_seconds: float | None,
-                 images: dict[str, str] | None = None, state_dir: Path | None = None):
-        self.kubeconfig = kubeconfig
-        self.bin_dir = bin_dir
-        self.ready_seconds = ready_seconds
-        self.images = images or {}  # on a cluster with a real node: image name -> ref
-        self.state_dir = state_dir
-
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [str(self.bin_dir / "kubectl"), "--kubeconfig", self.kubeconfig, *args],
-            input=input, capture_output=True, text=True, check=check, timeout=60,
-        )
-
-    def api_client(self):
-        from kubernetes import config
-
-        return config.new_client_from_config(config_file=self.kubeconfig)
+from testcluster import IN_CI, Cluster, make_namespace  # tests/support
 
 
 @pytest.fixture(scope="session")
@@ -113,35 +86,12 @@ def node_cluster() -> Cluster:
         localcluster.down(state_dir)
 
 
-def _make_namespace(cluster: Cluster) -> str:
-    from kubernetes import client
-
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    api = client.CoreV1Api(cluster.api_client())
-    api.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
-        name=name,
-        labels={
-            "pod-security.kubernetes.io/enforce": "restricted",
-            "pod-security.kubernetes.io/enforce-version": "latest",
-        },
-    )))
-    # The ServiceAccount admission plugin refuses pods until the default SA exists.
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            api.read_namespaced_service_account("default", name)
-            break
-        except client.ApiException:
-            time.sleep(0.1)
-    return name
-
-
 @pytest.fixture
 def namespace(cluster: Cluster) -> str:
     """A fresh namespace with Pod Security `restricted` enforced; deleted after the test."""
     from kubernetes import client
 
-    name = _make_namespace(cluster)
+    name = make_namespace(cluster)
     yield name
     client.CoreV1Api(cluster.api_client()).delete_namespace(name, propagation_policy="Background")
 
@@ -151,7 +101,7 @@ def node_namespace(node_cluster: Cluster) -> str:
     """Like ``namespace``, on the cluster with the real node."""
     from kubernetes import client
 
-    name = _make_namespace(node_cluster)
+    name = make_namespace(node_cluster)
     yield name
     client.CoreV1Api(node_cluster.api_client()).delete_namespace(name, propagation_policy="Background")
 
