@@ -45,10 +45,27 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
         settings.watching.label_selectors[(group, version, plural) if group else plural] = MANAGED_SELECTOR
 
 
+_seen_models: dict[tuple[str, str], tuple] = {}
+
+
+def _model_fingerprint(meta) -> tuple:
+    """What of a model, when changed, needs a reconcile: the spec (generation), the annotations
+    (the rebuild token), labels and deletion. Status-only writes (most of them our own) do not:
+    the periodic resync covers a status edited or lost by someone else."""
+    return (meta.get("generation"), tuple(sorted((meta.get("annotations") or {}).items())),
+            tuple(sorted((meta.get("labels") or {}).items())), meta.get("deletionTimestamp"))
+
+
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def model_changed(type: str | None, name: str, namespace: str, **_) -> None:
+def model_changed(type: str | None, name: str, namespace: str, meta, **_) -> None:
+    key = (namespace, name)
     if type == "DELETED":
+        _seen_models.pop(key, None)
         return
+    fingerprint = _model_fingerprint(meta)
+    if type is not None and _seen_models.get(key) == fingerprint:
+        return  # a status write: nothing a reconcile would act on
+    _seen_models[key] = fingerprint
     _controller[0].enqueue(namespace, name)
 
 

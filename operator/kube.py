@@ -100,14 +100,15 @@ def controlled_by(obj: dict, owner_uid: str) -> bool:
 class Kube:
     """Generic object access; one instance per operator process."""
 
-    _seen: dict[str, str]
+    _seen: dict[tuple[str, str], str | None]
 
     def __init__(self, api: client.ApiClient | None = None, attempts: int = 5,
                  identity: str | None = None):
         self.api = api or load_api_client()
         self.instance = identity or socket.gethostname()
         self.attempts = attempts
-        self._seen = {}  # path -> resourceVersion last applied (for the child-writes metric)
+        self._seen = {}  # (path, manager) -> our last apply's time (for the child-writes metric)
+        self._crds: dict[str, tuple[float, bool]] = {}
 
     def _call(self, method: str, path: str, body: Any = None, query: list | None = None,
               content_type: str = "application/json") -> Any:
@@ -204,13 +205,16 @@ class Kube:
         """
         meta = desired["metadata"]
         path = f"{collection_path(desired['apiVersion'], desired['kind'], meta.get('namespace'))}/{meta['name']}"
-        before = self._seen.get(path)
+        before = self._seen.get((path, manager))
         live, status = self._call_with_status(
             "PATCH", path, body=desired, content_type=APPLY_PATCH,
             query=[("fieldManager", manager), ("force", "true")])
-        version = live["metadata"].get("resourceVersion")
-        self._seen[path] = version
-        action = "create" if status == 201 else ("patch" if before and before != version else "unchanged")
+        # Our manager's managedFields timestamp moves only when our apply changed something,
+        # unlike resourceVersion, which other controllers' status writes move too.
+        stamp = next((e.get("time") for e in live["metadata"].get("managedFields") or []
+                      if e.get("manager") == manager and e.get("operation") == "Apply"), None)
+        self._seen[(path, manager)] = stamp
+        action = "create" if status == 201 else ("patch" if before and before != stamp else "unchanged")
         if action != "unchanged":
             metrics.inc("optimodel_child_writes_total", kind=desired["kind"], action=action)
         return live, action
@@ -231,14 +235,21 @@ class Kube:
                 return False
             raise
 
-    def crd_installed(self, name: str) -> bool:
+    def crd_installed(self, name: str, max_age: float = 30.0) -> bool:
+        """Is this CRD installed? Cached for ``max_age`` seconds: every reconcile asks, and an
+        add-on (KEDA, the Prometheus Operator) is installed rarely."""
+        cached = self._crds.get(name)
+        if cached and time.monotonic() - cached[0] < max_age:
+            return cached[1]
         try:
             self._call("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
-            return True
+            found = True
         except client.ApiException as err:
-            if err.status in (403, 404):  # not installed, or we may not look: behave as absent
-                return False
-            raise
+            if err.status not in (403, 404):  # not installed, or we may not look: behave as absent
+                raise
+            found = False
+        self._crds[name] = (time.monotonic(), found)
+        return found
 
     def patch_model_status(self, namespace: str, name: str, status: dict) -> None:
         self.merge_patch(f"{GROUP}/{VERSION}", "OptimizedModel", namespace, name,

@@ -51,13 +51,14 @@ ALLOWED_VERBS = {
     ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
     ("", "services"): {"get", "create", "patch"},
-    ("", "pods"): {"get", "list"},
+    ("", "pods"): {"get", "list", "watch"},
     ("", "events"): {"create", "patch"},
     ("policy", "poddisruptionbudgets"): {"get", "create", "patch"},
     ("autoscaling", "horizontalpodautoscalers"): {"get", "create", "patch", "delete"},
     ("keda.sh", "scaledobjects"): {"get", "create", "patch", "delete"},
     ("monitoring.coreos.com", "podmonitors"): {"get", "create", "patch"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get"},
+    ("coordination.k8s.io", "leases"): {"create", "get", "update"},  # leader election
 }
 CRD_LOOKUPS = {"scaledobjects.keda.sh", "podmonitors.monitoring.coreos.com"}
 
@@ -146,6 +147,8 @@ def test_rbac_is_least_privilege(helm_bin, variant):
                 granted.setdefault((group, resource), set()).update(rule["verbs"])
         if "customresourcedefinitions" in rule["resources"]:
             assert kind == "ClusterRole" and set(rule["resourceNames"]) == CRD_LOOKUPS, where
+        if "leases" in rule["resources"]:  # only its own Lease, in its own namespace
+            assert kind == "Role" and (rule["verbs"] == ["create"] or rule["resourceNames"] == ["optimodel"]), where
     # ... and nothing the operator needs is missing.
     assert granted == ALLOWED_VERBS
 
@@ -155,11 +158,15 @@ def test_rbac_modes(helm_bin):
         return sorted((o["kind"], o["metadata"].get("namespace", "")) for o in objects
                       if o["kind"].endswith(("Role", "RoleBinding")))
 
+    leader_election = [("Role", "ops"), ("RoleBinding", "ops")]  # the Lease, in the release namespace
     assert kinds(template(namespace="ops")) == [
-        ("ClusterRole", ""), ("ClusterRole", ""), ("ClusterRoleBinding", ""), ("ClusterRoleBinding", "")]
-    assert kinds(template(NAMESPACED, namespace="ops")) == [
+        ("ClusterRole", ""), ("ClusterRole", ""), ("ClusterRoleBinding", ""), ("ClusterRoleBinding", ""),
+        *leader_election]
+    assert kinds(template(NAMESPACED, namespace="ops")) == sorted([
         ("ClusterRole", ""), ("ClusterRoleBinding", ""),
-        ("Role", "ml-a"), ("Role", "ml-b"), ("RoleBinding", "ml-a"), ("RoleBinding", "ml-b")]
+        ("Role", "ml-a"), ("Role", "ml-b"), ("RoleBinding", "ml-a"), ("RoleBinding", "ml-b"), *leader_election])
+    single = {"operator.replicas": 1, "operator.leaderElection.enabled": False}
+    assert not [k for k in kinds(template(single, namespace="ops")) if k[1] == "ops"]
     (cluster_role,) = [o for o in template(NAMESPACED) if o["kind"] == "ClusterRole"]
     assert [r["resources"] for r in cluster_role["rules"]] == [["customresourcedefinitions"]]
     for binding in (o for o in template(NAMESPACED, namespace="ops") if o["kind"].endswith("Binding")):
@@ -173,7 +180,14 @@ def test_operator_pod_is_restricted_and_probed(helm_bin):
     (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
     pod = deployment["spec"]["template"]["spec"]
     c = operator_container(objects)
-    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # Two replicas electing a leader, rolled one at a time; the Lease decides who acts.
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    env = operator_env(objects)
+    assert env["OPTIMODEL_LEADER_ELECTION"] == "true"
+    assert env["OPTIMODEL_LEADER_ELECTION_LEASE_NAME"] == "optimodel"
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in c["env"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     sc = c["securityContext"]
@@ -211,9 +225,24 @@ def test_every_operator_setting_is_a_chart_value(helm_bin):
 
 
 def test_chart_defaults_are_the_operator_defaults(helm_bin):
-    """Default values configure exactly what OperatorSettings() would pick by itself."""
-    env = operator_env(template())
-    assert OperatorSettings.from_env(env) == OperatorSettings()
+    """Default values configure exactly what OperatorSettings() would pick by itself, except
+    leader election, which only the chart can configure (it knows the release namespace)."""
+    env = operator_env(template(namespace="ops"))
+    settings = OperatorSettings.from_env(env)
+    assert (settings.leader_election, settings.leader_election_namespace,
+            settings.leader_election_lease_name) == (True, "ops", "optimodel")
+    election = {"leader_election": False, "leader_election_namespace": None,
+                "leader_election_lease_name": OperatorSettings().leader_election_lease_name}
+    assert settings.model_copy(update=election) == OperatorSettings()
+
+
+def test_one_replica_without_leader_election_recreates_and_two_without_are_refused(helm_bin):
+    objects = template({"operator.replicas": 1, "operator.leaderElection.enabled": False})
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert "OPTIMODEL_LEADER_ELECTION" not in operator_env(objects)
+    proc = helm("template", "x", str(CHART), "--set", "operator.leaderElection.enabled=false", check=False)
+    assert proc.returncode != 0 and "operator.replicas > 1 needs operator.leaderElection.enabled" in proc.stderr
 
 
 def test_values_reach_the_settings(helm_bin):

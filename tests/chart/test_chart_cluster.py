@@ -50,7 +50,7 @@ def test_install_upgrade_uninstall(cluster, namespace, helm_bin):
         notes = out.split("NOTES:", 1)[1]
         assert f"deployment/{release}" in notes and "kubectl get om" in notes
         d = apps.read_namespaced_deployment(release, namespace)
-        assert d.status.ready_replicas == 1
+        assert d.status.ready_replicas == 2  # two replicas; the Lease picks the one that acts
         cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s", f"crd/{CRD_NAME}")
         assert cluster.kubectl("get", "om", "-n", namespace).returncode == 0
         crd = json.loads(cluster.kubectl("get", "crd", CRD_NAME, "-o", "json").stdout)
@@ -59,7 +59,8 @@ def test_install_upgrade_uninstall(cluster, namespace, helm_bin):
         assert env["OPTIMODEL_TRITON_STARTUP_SECONDS"] == "600"
         assert env["OPTIMODEL_OPERATOR_IMAGE"] == "registry.local/optimodel-operator:0.1.0"
 
-        # upgrade with a changed value: a new ReplicaSet rolls out (Recreate: never two operators).
+        # upgrade with a changed value: a new ReplicaSet rolls out one pod at a time (maxSurge 1,
+        # maxUnavailable 0: a standby is always there to take the Lease).
         old_rs = {rs.metadata.name for rs in client.AppsV1Api(cluster.api_client()).list_namespaced_replica_set(
             namespace, label_selector=f"app.kubernetes.io/instance={release}").items}
         helm("upgrade", release, str(CHART), "--namespace", namespace, "--reuse-values", "--wait",
@@ -67,13 +68,13 @@ def test_install_upgrade_uninstall(cluster, namespace, helm_bin):
         assert deployment_env(apps, release, namespace)["OPTIMODEL_TRITON_STARTUP_SECONDS"] == "900"
         d = apps.read_namespaced_deployment(release, namespace)
         assert d.metadata.generation == 2
-        wait_for(lambda: (lambda s: s.observed_generation == 2 and s.updated_replicas == 1
-                          and s.ready_replicas == 1 and (s.replicas or 0) == 1)(
+        wait_for(lambda: (lambda s: s.observed_generation == 2 and s.updated_replicas == 2
+                          and s.ready_replicas == 2 and (s.replicas or 0) == 2)(
             apps.read_namespaced_deployment_status(release, namespace).status), timeout=60, what="rollout")
         new_rs = [rs for rs in apps.list_namespaced_replica_set(
             namespace, label_selector=f"app.kubernetes.io/instance={release}").items
             if rs.metadata.name not in old_rs]
-        assert len(new_rs) == 1 and new_rs[0].status.ready_replicas == 1
+        assert len(new_rs) == 1 and new_rs[0].status.ready_replicas == 2
 
         # uninstall: the operator goes, the CRD (and every OptimizedModel) stays.
         helm("uninstall", release, "--namespace", namespace, "--wait", "--timeout", "60s",
