@@ -118,7 +118,8 @@ def step(kube: Kube, settings: OperatorSettings, model: m.ModelRef, key: str,
                                 message=f"Engine {summary.engine.precision}/{summary.engine.target} built")
         return BuildOutcome("Failed", name, summary, reason="ReportMissing", attempt=attempt,
                             message=f"Build Job {name} completed but its summary reports no engine")
-    if summary is not None and summary.build_key and summary.build_key != key:
+    if (summary is not None and summary.build_key and summary.build_key != key
+            and summary.reason != "BuildKeyMismatch"):  # the builder's own refusal says it best
         return _key_mismatch(name, key, summary, attempt)
     failure = failures.classify(job, pods, summary)
     if not failure.retryable:

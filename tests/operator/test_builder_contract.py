@@ -125,3 +125,31 @@ def test_real_build_from_job_args_then_real_staging(models, operator, operator_e
     assert list(config.dynamic_batching.preferred_batch_size) == [4]
     assert config.instance_group[0].count == 2
     assert (models_dir / "cnn" / "1" / "model.onnx").is_file()
+
+
+def test_version_skew_is_refused_by_the_real_builder_and_reported(models, operator, namespace, tmp_path):
+    """One build key, computed by the operator, recomputed by the builder: a Job whose key the
+    builder does not reproduce (an operator and a builder of different versions) is refused
+    with BuildKeyMismatch (exit 20), and the model says so instead of stalling."""
+    models.create("skew", {"model": {"uri": "pvc://models/none.onnx", "format": "onnx"},
+                           "serving": {"gpu": {"product": "NVIDIA-L4"}}})
+    job = models.wait_job()[0]
+    container = job.spec.template.spec.containers[0]
+    termination = tmp_path / "termination-log"
+    args = list(container.args)
+    args[args.index("--termination-message-path") + 1] = str(termination)
+    asked = args[args.index("--build-key") + 1]
+    assert asked == job.metadata.annotations["optimodel.dev/build-key"]
+    skewed = "0" * 64  # what an operator of another version would have computed
+    args[args.index("--build-key") + 1] = skewed
+    container.args = args
+    (tmp_path / "pvc").mkdir()
+    built = run_container(container, tmp_path / "pvc")
+    assert built.returncode == 20, built.stderr[-2000:]
+    message = termination.read_text()
+    assert '"reason":"BuildKeyMismatch"' in message and asked[:12] in message and skewed[:12] in message
+    models.finish_build(job.metadata.name, message, exit_code=20)
+    wait_for(lambda: models.status("skew").get("phase") == "Failed", timeout=30, what="phase Failed")
+    build = models.status("skew")["build"]
+    assert build["reason"] == "BuildKeyMismatch" and asked[:12] in build["message"], build
+    assert len(models.jobs()) == 1, "a version mismatch is not retried"
