@@ -730,8 +730,8 @@ def write_results(out: Path, result: dict) -> None:
             f"| mean reconcile duration | {fmt(met['reconcile_seconds_sum'] / count * 1000 if count else None, 0, ' ms')} |",
             f"| build Jobs created (operator counter) | {met.get('builds_created', 0):.0f} "
             f"(retried: {met.get('builds_retried', 0):.0f}) |",
-            f"| child object writes (operator counter: an apply counts as a write whenever the object's "
-            f"resourceVersion moved since the operator's previous apply) | {met.get('child_writes', 0):.0f} |",
+            f"| child object writes (operator counter: creates, and applies that changed a field the "
+            f"operator owns) | {met.get('child_writes', 0):.0f} |",
             f"| API requests retried by the operator | {met.get('api_retries', 0):.0f} |",
             f"| work queue depth, max seen (1 s samples) | {result.get('max_workqueue_depth', 'n/a')} |",
         ]
