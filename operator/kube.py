@@ -256,7 +256,11 @@ class Kube:
                          {"status": status}, subresource="status")
 
     def post_event(self, model: dict, type_: str, reason: str, message: str) -> None:
-        """A core/v1 Event on the OptimizedModel (what ``kubectl describe om`` shows)."""
+        """A core/v1 Event on the OptimizedModel (what ``kubectl describe om`` shows).
+
+        Best effort, as client-go's recorder: status already says the same, and failing the
+        reconcile over an Event would retry work that is done (the transition is not re-announced).
+        """
         meta = model["metadata"]
         now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
@@ -276,4 +280,8 @@ class Kube:
             "lastTimestamp": now,
             "count": 1,
         }
-        self.create(event)
+        try:
+            self.create(event)
+        except (client.ApiException, *TRANSIENT_ERRORS) as err:
+            log.warning("Event %s on %s/%s not recorded: %s", reason, meta["namespace"], meta["name"],
+                        describe(err))
