@@ -218,6 +218,8 @@ def builder_job(model: ModelRef, key: str, settings: OperatorSettings, attempt: 
         "env": [
             {"name": "OPTIMODEL_PVC_ROOT", "value": settings.pvc_mount_root},
             {"name": "HOME", "value": "/tmp"},
+            *([{"name": "OPTIMODEL_ALLOWED_SOURCE_PREFIXES", "value": ",".join(settings.allowed_source_prefixes)}]
+              if settings.allowed_source_prefixes else []),
         ],
         "resources": {
             "requests": {"cpu": settings.builder_cpu, "memory": settings.builder_memory, **gpus},
@@ -344,6 +346,23 @@ def triton_deployment(model: ModelRef, engine: EngineStatus, settings: OperatorS
     """Triton serving the engine; the repository is staged from artifact storage by an init container.
 
     ``live`` is the current Deployment, if any: it decides whether we set ``spec.replicas``.
+
+    Triton's control API is closed (the Service in front of it authenticates nobody): the
+    repository is complete before Triton starts, so it runs with ``--model-control-mode=none``.
+    It then loads every model in the repository at startup (the init container stages exactly
+    one) and its model-repository manager refuses every load and unload, over HTTP and gRPC
+    alike (HTTP 503 / gRPC UNAVAILABLE; it is the server core that refuses, not a header check a
+    client could satisfy). ``--load-model`` is only valid in explicit mode and is gone with it.
+    The repository index (``POST /v2/repository/index``) stays answerable: read-only, it lists
+    the one model's name, version and state, which ``/v2/models/<name>`` and its ``/ready``
+    already tell any client of the inference API.
+
+    No ``--http-restricted-api`` / ``--grpc-restricted-protocol`` on top: a restriction is only
+    worth its header value's secrecy, and every value available here fails. A constant is
+    public (it is in this source); a random one per reconcile would roll the Deployment every
+    time; a stable secret one needs a Secret (and operator RBAC on Secrets); the pod UID through
+    the downward API is readable cluster-wide (kube-state-metrics exports it). Guarded by
+    ``tests/serving/test_control_api_locked.py``, which runs a real Triton with these arguments.
     """
     serving = model.spec.serving
     volumes, mounts, env_from = _storage(model, settings, sources=[engine.uri], writable=set())
@@ -384,8 +403,8 @@ def triton_deployment(model: ModelRef, engine: EngineStatus, settings: OperatorS
         "command": ["tritonserver"],
         "args": [
             f"--model-repository={MODELS_DIR}",
-            "--model-control-mode=explicit",
-            f"--load-model={model.name}",
+            # No load/unload API: see the docstring (closes "Triton's control API is open").
+            "--model-control-mode=none",
             "--strict-readiness=true",
             "--exit-on-error=true",
             f"--exit-timeout-secs={DRAIN_SECONDS}",

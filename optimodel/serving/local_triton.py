@@ -45,6 +45,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 DEFAULT_READY_TIMEOUT_S = 120.0
+# "poll" is left out on purpose: nothing here wants Triton to watch the repository.
+MODEL_CONTROL_MODES = ("explicit", "none")
 _LOG_TAIL_LINES = 60
 
 
@@ -273,6 +275,12 @@ class LocalTriton:
     every model directory in the repository. Ports left as ``None`` are picked free; if the
     kernel hands one to someone else before Triton binds it, the start is retried on new ports.
 
+    ``model_control_mode``: ``"explicit"`` (the default: only ``models`` are loaded, and the
+    model-repository API can load/unload at run time) or ``"none"`` (what the operator's Triton
+    pods run: every model in the repository is loaded at startup and load/unload requests are
+    refused). In both modes the start waits until every name in ``models`` is ready. The mode
+    is set here, never through ``extra_args`` (``--load-model`` is only valid in explicit mode).
+
     >>> with LocalTriton("out/repository-python", ["minilm"]) as triton:
     ...     print(triton.endpoints.http_url)
     """
@@ -290,7 +298,16 @@ class LocalTriton:
         log_verbose: int = 0,
         extra_args: Sequence[str] = (),
         log_path: str | os.PathLike[str] | None = None,
+        model_control_mode: str = "explicit",
     ) -> None:
+        if model_control_mode not in MODEL_CONTROL_MODES:
+            raise TritonError(f"model_control_mode must be one of {', '.join(MODEL_CONTROL_MODES)}, "
+                              f"not {model_control_mode!r}")
+        clashing = [a for a in extra_args if a.split("=", 1)[0] in ("--model-control-mode", "--load-model")]
+        if clashing:
+            raise TritonError(f"pass the model control mode as model_control_mode=, not in extra_args "
+                              f"({' '.join(clashing)})")
+        self.model_control_mode = model_control_mode
         self.repository = Path(repository).resolve()
         if not self.repository.is_dir():
             raise TritonError(f"model repository {self.repository} does not exist")
@@ -323,8 +340,9 @@ class LocalTriton:
         args = [
             str(binary),
             f"--model-repository={self.repository}",
-            "--model-control-mode=explicit",
-            *[f"--load-model={m}" for m in self.models],
+            f"--model-control-mode={self.model_control_mode}",
+            *([f"--load-model={m}" for m in self.models] if self.model_control_mode == "explicit"
+              else []),
             f"--backend-directory={backend_dir}",
             f"--http-address={bind}", f"--http-port={endpoints.http_port}",
             f"--grpc-address={bind}", f"--grpc-port={endpoints.grpc_port}",

@@ -219,12 +219,17 @@ def stage_repository(uri: str, dest: str | os.PathLike[str], model_name: str,
     """Copy the model from ``uri`` to ``dest/<model_name>/`` and apply ``serving`` to its config.
 
     Re-running (an init container restarts) replaces the previous copy; the new one is written
-    next to it and renamed into place, so Triton never sees a half-copied model.
+    next to it and renamed into place, so Triton never sees a half-copied model. Work folders a
+    killed earlier run left behind are removed first: Triton runs with
+    ``--model-control-mode=none`` and loads every folder of the repository, so a leftover would
+    stop it (``--exit-on-error``).
     """
     if layout not in LAYOUT_DIRS:
         raise StageError(f"unknown layout {layout!r} (native or python)")
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    for leftover in dest.glob(".stage-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix=".stage-", dir=dest) as tmp:
         work = Path(tmp)
         source = fetch_model_dir(uri, model_name, layout, work)

@@ -183,6 +183,17 @@ def test_sources_file_uri_repository_and_model_dir(build_output, tmp_path):
     assert staged_config(tmp_path / "a", "m") == staged_config(tmp_path / "b", "m")
 
 
+def test_a_killed_earlier_run_leaves_nothing_for_triton_to_trip_on(build_output, tmp_path):
+    """Triton loads every folder of its repository (model-control-mode none) and exits on a load
+    error, so half-copied work of an init container killed mid-copy must not survive a re-run."""
+    dest = tmp_path / "models"
+    leftover = dest / ".stage-killed" / "minilm"
+    leftover.mkdir(parents=True)
+    (leftover / "config.pbtxt").write_text("half a file")
+    stage_repository(str(build_output), dest, "minilm")
+    assert sorted(p.name for p in dest.iterdir()) == ["minilm"]
+
+
 def test_pvc_uri_resolves_under_the_pvc_root(build_output, tmp_path, monkeypatch):
     monkeypatch.setenv("OPTIMODEL_PVC_ROOT", str(tmp_path / "artifacts"))
     stage_repository("pvc://ml/minilm/0123456789abcdef", tmp_path / "models", "minilm")
