@@ -186,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         key = computed
         log.info("build key %s (model %s, format %s, precision %s, target %s)", key, spec.model.uri,
                  spec.model.format, spec.optimization.precision, spec.optimization.target)
+        from optimodel.builder import sources
+
+        sources.check_source_policy(spec)  # before the cache check and any download
 
         cached = _cache_hit(spec, key, args.output, args.model_name)
         if cached is not None:

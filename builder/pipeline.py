@@ -166,6 +166,7 @@ class Build:
     # ------------------------------------------------------------------ steps
 
     def _resolve_target(self) -> str:
+        sources.check_source_policy(self.spec)  # allowed source prefixes: before any download
         opt = self.opt
         if opt.precision in ("int8", "fp8") and not (
             opt.calibration and (opt.calibration.uri or opt.calibration.synthetic)

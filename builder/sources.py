@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from optimodel import storage
+from optimodel.api.spec import URI_DOT_DOT_SEGMENT, BuildSpec
 from optimodel.builder.errors import BuildError, access_denial
 
 log = logging.getLogger("optimodel.builder")
@@ -81,6 +83,43 @@ def parse(uri: str) -> Location:
         return Location(uri, "hf", repo, revision or None)
     raise BuildError("InvalidSpec", f"{uri}: unsupported URI scheme {scheme!r} "
                      "(use a local path, file://, pvc://, https://, s3:// or hf://)")
+
+
+# --------------------------------------------------------------------------- source policy
+
+ALLOWED_PREFIXES_ENV = "OPTIMODEL_ALLOWED_SOURCE_PREFIXES"
+"""Comma-separated URI prefixes every model and calibration source must start with (the chart's
+``sourcePolicy.allowedPrefixes``, which the API server enforces too); unset or empty = any."""
+
+
+def allowed_prefixes() -> list[str]:
+    """The source prefixes the builder allows (``$OPTIMODEL_ALLOWED_SOURCE_PREFIXES``); [] = any."""
+    return [p.strip() for p in os.environ.get(ALLOWED_PREFIXES_ENV, "").split(",") if p.strip()]
+
+
+def check_source(uri: str, field: str, prefixes: list[str] | None = None) -> None:
+    """Refuse (``InvalidSpec``) a source URI outside the allowed prefixes, or one with ``..``
+    segments (which would climb out of a claim or an allowed prefix once resolved).
+
+    ``field`` names the spec field in the message (e.g. ``spec.model.uri``). The URI itself is
+    left out of the message: it ends up in the termination message and the report.
+    """
+    prefixes = allowed_prefixes() if prefixes is None else prefixes
+    if "://" in uri and re.search(URI_DOT_DOT_SEGMENT, uri):
+        raise BuildError("InvalidSpec", f"{field} must not contain '..' path segments: a source "
+                         "stays inside its bucket, claim or allowed prefix")
+    if prefixes and not any(uri.startswith(p) for p in prefixes):
+        raise BuildError("InvalidSpec", f"{field} is not an allowed source: it must start with one "
+                         f"of {', '.join(prefixes)} (the source policy, {ALLOWED_PREFIXES_ENV})")
+
+
+def check_source_policy(spec: BuildSpec) -> None:
+    """Check the model and calibration URIs of ``spec`` (``check_source``), before any download."""
+    prefixes = allowed_prefixes()
+    check_source(spec.model.uri, "spec.model.uri", prefixes)
+    calibration = spec.optimization.calibration
+    if calibration is not None and calibration.uri:
+        check_source(calibration.uri, "spec.optimization.calibration.uri", prefixes)
 
 
 def _filesystem(url: str):

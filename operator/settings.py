@@ -27,6 +27,12 @@ class OperatorSettings(BaseModel):
         default_factory=list,
         description="Namespaces to watch (comma-separated); empty = the whole cluster.",
     )
+    allowed_source_prefixes: list[str] = Field(
+        default_factory=list,
+        description="URI prefixes model and calibration sources must start with (comma-separated; "
+        "empty = any). Passed to every build Job, whose builder refuses other sources; the chart's "
+        "ValidatingAdmissionPolicy refuses them at apply time.",
+    )
     builder_image: str = Field(
         default="ghcr.io/optimodel/optimodel-builder:0.1.0",
         description="Image of the builder Job (Dockerfile target `builder`).",
@@ -127,7 +133,7 @@ class OperatorSettings(BaseModel):
     pvc_mount_root: str = Field(default="/mnt/pvc", description="Where pvc:// claims are mounted in pods.")
     run_as_user: int = Field(default=1000, ge=1, description="UID of every container we create.")
 
-    @field_validator("namespaces", mode="before")
+    @field_validator("namespaces", "allowed_source_prefixes", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -18,12 +18,25 @@ DEFAULT_PVC_ROOT = "/mnt/pvc"
 def pvc_path(uri: str) -> Path:
     """``pvc://claim/path`` -> ``$OPTIMODEL_PVC_ROOT/claim/path`` (the operator mounts claims there).
 
-    Raises ``ValueError`` when the URI names no claim.
+    The path is normalized (``.``, ``..`` and repeated slashes folded, lexically: no symlink is
+    followed) and must stay inside ``<root>/<claim>/``: ``pvc://claim/../../x`` would otherwise
+    read another claim's mount or the container's filesystem.
+
+    Raises ``ValueError`` when the URI names no claim or its path escapes the claim.
     """
     rest = uri[len("pvc://"):].strip("/")
-    if not rest:
+    claim, _, sub = rest.partition("/")
+    if not claim:
         raise ValueError(f"{uri}: pvc:// URIs need a claim name (pvc://claim/path)")
-    return Path(os.environ.get(PVC_ROOT_ENV, DEFAULT_PVC_ROOT)) / rest
+    if claim in (".", ".."):
+        raise ValueError(f"{uri}: {claim!r} is not a claim name (pvc://claim/path)")
+    root = os.path.abspath(os.environ.get(PVC_ROOT_ENV, DEFAULT_PVC_ROOT))
+    base = os.path.normpath(os.path.join(root, claim))
+    path = os.path.normpath(base + os.sep + sub) if sub else base  # sub may start with '/'
+    if path != base and not path.startswith(base + os.sep):
+        raise ValueError(f"{uri}: the path leaves the claim: it resolves outside {base}/ "
+                         "(no '..' segments that climb above pvc://<claim>/)")
+    return Path(path)
 
 
 def s3_options() -> dict:

@@ -41,9 +41,61 @@ def nested(factory: type, description: str) -> Any:
                  json_schema_extra={"default": factory().to_wire()})
 
 
-def _scheme_rule(field: str) -> dict[str, str]:
-    allowed = " || ".join(f"self.startsWith('{s}')" for s in URI_SCHEMES)
-    return cel(allowed, f"{field} must start with one of {', '.join(URI_SCHEMES)}")
+URI_MAX_LENGTH = 2048
+"""Bounds the cost of the URI rules' regular expressions (CEL cost is estimated from maxLength)."""
+
+URI_FORBIDDEN_CHARACTERS = ";&|$`\\'\"<>(){}"
+"""Shell metacharacters a source URI may not contain (with whitespace and control characters).
+No URI reaches a shell, but one that looks like a command line is refused at apply time."""
+
+CREDENTIAL_QUERY_PARAMETERS = (
+    "X-Amz-Signature", "X-Amz-Credential", "X-Amz-Security-Token", "X-Goog-Signature",
+    "X-Goog-Credential", "AWSAccessKeyId", "Signature", "sig", "token", "access_token",
+)
+"""Query parameters of presigned or token-carrying URLs (matched case-insensitively)."""
+
+# RE2 (CEL ``matches``) patterns; CEL's ``matches`` finds a match anywhere in the string (as
+# Python's ``re.search``, which understands URI_DOT_DOT_SEGMENT too: the builder reuses it).
+_URI_BAD_CHARACTER = (r"[\s\p{Cc}\p{Cf}\p{Z}"  # whitespace, control, format (bidi) characters
+                      + URI_FORBIDDEN_CHARACTERS.replace("\\", "\\\\") + "]")
+URI_DOT_DOT_SEGMENT = r"(^|/)(\.|%2[eE]){2}(/|[?#]|$)"
+_URI_USERINFO = r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@"
+_URI_CREDENTIAL_QUERY = (r"(?i)[?&](" + "|".join(CREDENTIAL_QUERY_PARAMETERS) + r")=")
+_PVC_URI = r"^pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/|$)"
+
+
+def _cel_string(value: str) -> str:
+    """A CEL single-quoted string literal holding ``value``."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _uri_rules(field: str) -> list[dict[str, str]]:
+    """CEL rules of a model or calibration source URI; ``field`` is its path under spec.
+
+    Scheme, well-formedness (no whitespace, control characters or shell metacharacters), no
+    ``..`` segments (a pvc:// path may not climb out of its claim, nor any URI out of an allowed
+    prefix), no credentials (user:password@ or a presigned / token query string), and the
+    ``pvc://<claim>/<path>`` shape. Each message names the field and says what is allowed.
+    """
+    schemes = ", ".join(URI_SCHEMES)
+    return [
+        cel(" || ".join(f"self.startsWith('{s}')" for s in URI_SCHEMES),
+            f"{field} must start with one of {schemes}"),
+        cel(f"!self.matches({_cel_string(_URI_BAD_CHARACTER)})",
+            f"{field} must be a well-formed URI: no whitespace, control characters or shell "
+            f"metacharacters ({' '.join(URI_FORBIDDEN_CHARACTERS)}); percent-encode them"),
+        cel(f"!self.matches({_cel_string(URI_DOT_DOT_SEGMENT)})",
+            f"{field} must not contain '..' path segments: a source stays inside its bucket, "
+            "claim or allowed prefix"),
+        cel(f"!self.matches({_cel_string(_URI_USERINFO)}) && "
+            f"!self.matches({_cel_string(_URI_CREDENTIAL_QUERY)})",
+            f"{field} must not carry credentials (user:password@host, or a signed or token query "
+            f"parameter such as {', '.join(CREDENTIAL_QUERY_PARAMETERS[:2])}, sig= or token=): "
+            "put them in a Secret named by spec.model.credentialsSecret"),
+        cel(f"!self.startsWith('pvc://') || self.matches({_cel_string(_PVC_URI)})",
+            f"{field}: a pvc:// URI is pvc://<claim>/<path>, the claim being the name of a "
+            "PersistentVolumeClaim in the model's namespace"),
+    ]
 
 
 class TensorSpec(ApiModel):
@@ -67,9 +119,10 @@ class ModelSource(ApiModel):
     """Where the trained model lives and how to read it."""
 
     uri: str = Field(
-        min_length=6, max_length=2048,
-        description="Model location: s3://bucket/key, pvc://claim/path, https://host/path or hf://org/name.",
-        json_schema_extra={"x-kubernetes-validations": [_scheme_rule("uri")]},
+        min_length=6, max_length=URI_MAX_LENGTH,
+        description="Model location: s3://bucket/key, pvc://claim/path, https://host/path or "
+        "hf://org/name. No credentials in it (use credentialsSecret).",
+        json_schema_extra={"x-kubernetes-validations": _uri_rules("model.uri")},
     )
     format: ModelFormat = Field(
         description="Serialization of the model: onnx, torchscript, or huggingface (encoder directory).",
@@ -108,10 +161,11 @@ class Calibration(ApiModel):
     """Data used to choose quantization scales for INT8 / FP8."""
 
     uri: str | None = Field(
-        default=None, max_length=2048,
+        default=None, max_length=URI_MAX_LENGTH,
         description="Calibration samples: .npz or .safetensors tensors keyed by input name, or a "
-        "UTF-8 text file (one sample per line) tokenized with the model's tokenizer.",
-        json_schema_extra={"x-kubernetes-validations": [_scheme_rule("calibration.uri")]},
+        "UTF-8 text file (one sample per line) tokenized with the model's tokenizer. Same schemes "
+        "and rules as model.uri; read with the model's credentials.",
+        json_schema_extra={"x-kubernetes-validations": _uri_rules("optimization.calibration.uri")},
     )
     samples: int = Field(default=512, ge=8, le=65536, description="Number of samples to use.")
     synthetic: bool = Field(

@@ -253,6 +253,7 @@ def test_values_reach_the_settings(helm_bin):
         "gpu.tolerations": [{"key": "gpu", "operator": "Exists"}],
         "builder.memory": "64Gi", "triton.startupSeconds": 1200, "workloads.runAsUser": 2000,
         "artifacts.root": "s3://models/builds", "workloads.imagePullPolicy": "Always",
+        "sourcePolicy.allowedPrefixes": ["s3://models/", "hf://my-org/"],
     }))
     s = OperatorSettings.from_env(env)
     assert s.operator_image == "ghcr.io/optimodel/optimodel-operator@sha256:" + "a" * 64
@@ -261,6 +262,7 @@ def test_values_reach_the_settings(helm_bin):
     assert s.gpu_tolerations == [{"key": "gpu", "operator": "Exists"}]
     assert (s.builder_memory, s.triton_startup_seconds, s.run_as_user) == ("64Gi", 1200, 2000)
     assert (s.artifact_root, s.image_pull_policy) == ("s3://models/builds", "Always")
+    assert s.allowed_source_prefixes == ["s3://models/", "hf://my-org/"]  # re-enforced by the builder
 
 
 def test_every_value_is_documented():

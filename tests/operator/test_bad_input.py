@@ -101,6 +101,75 @@ CASES = [
      'must be of type integer'),
 ]
 
+# Source URIs (spec.model.uri and spec.optimization.calibration.uri): well-formed, no traversal,
+# no credentials. Nothing here reaches a shell, but none of it is admitted either.
+URI_FIELDS = {"model.uri": "model.uri", "calibration": "optimization.calibration.uri"}
+MALFORMED_URIS = {
+    "space": "s3://models/my model.onnx",
+    "semicolon": "https://x/m.onnx; rm -rf /",
+    "semicolon-no-space": "https://x/m.onnx;id",
+    "command-substitution": "s3://models/$(id)/m.onnx",
+    "backtick": "s3://models/`id`.onnx",
+    "newline": "s3://models/m.onnx\nrm -rf /",
+    "tab": "s3://models/m.onnx\t",
+    "pipe": "https://x/m.onnx|sh",
+    "ampersand": "https://x/m.onnx&id",
+    "redirect": "s3://models/m.onnx>/etc/passwd",
+    "quote": "s3://models/m'.onnx",
+    "backslash": "pvc://claim\\..\\x",
+    "nul": "s3://models/m.onnx\x00",
+    "no-break-space": "s3://models/m\u00a0.onnx",
+    "bidi-override": "s3://models/m\u202e.onnx",
+}
+TRAVERSAL_URIS = {
+    "pvc-up-two": "pvc://claim/../../x",
+    "pvc-claim-parent": "pvc://claim/..",
+    "s3-up": "s3://models/../secrets/m.onnx",
+    "https-encoded-up": "https://host/models/%2e%2e/admin",
+}
+CREDENTIAL_URIS = {
+    "userinfo": "s3://user:secret@host/b/m",
+    "https-userinfo": "https://user:secret@host/m.onnx",
+    "user-only": "https://token@host/m.onnx",
+    "x-amz-signature": "https://bucket.s3.amazonaws.com/m.onnx?X-Amz-Signature=0123abcd",
+    "x-amz-credential-lower": "https://bucket.s3.amazonaws.com/m.onnx?x-amz-credential=AKIA%2F",
+    "presigned-full": "https://bucket.s3.amazonaws.com/m.onnx?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+                      "&X-Amz-Credential=AKIA%2F20250101&X-Amz-Signature=0123abcd",
+    "azure-sas-sig": "https://acct.blob.core.windows.net/c/m.onnx?sv=2022&sig=abc",
+    "token": "https://host/m.onnx?token=abc",
+    "access-token": "https://host/m.onnx?access_token=abc",
+    "signature": "https://host/m.onnx?Signature=abc",
+    "aws-access-key-id": "https://host/m.onnx?AWSAccessKeyId=AKIA",
+}
+BAD_PVC_URIS = {
+    "no-claim": "pvc:///data/m.onnx",
+    "claim-not-a-name": "pvc://My_Claim/m.onnx",
+}
+
+
+def _uri_case(kind: str, name: str, uri: str, message: str):
+    """A CASES row: ``uri`` set at the field (path under spec) of ``kind``; the expected message is
+    the field's name followed by ``message``."""
+    field = URI_FIELDS[kind]
+    return (f"{kind} {name}", with_(field, uri), f"spec.{field}", field + message)
+
+
+for _kind in URI_FIELDS:
+    CASES += [_uri_case(_kind, n, u, " must be a well-formed URI: no whitespace, control characters "
+                        "or shell metacharacters") for n, u in MALFORMED_URIS.items()]
+    CASES += [_uri_case(_kind, n, u, " must not contain '..' path segments") for n, u in TRAVERSAL_URIS.items()]
+    CASES += [_uri_case(_kind, n, u, " must not carry credentials") for n, u in CREDENTIAL_URIS.items()]
+    CASES += [_uri_case(_kind, n, u, ": a pvc:// URI is pvc://<claim>/<path>") for n, u in BAD_PVC_URIS.items()]
+CASES += [
+    ("credentials message says where they go", with_("model.uri", "s3://user:secret@host/b/m"),
+     "spec.model.uri", "put them in a Secret named by spec.model.credentialsSecret"),
+    ("calibration ftp scheme", with_("optimization.calibration.uri", "ftp://host/c.npz"),
+     "spec.optimization.calibration.uri",
+     "optimization.calibration.uri must start with one of s3://, pvc://, https://, hf://"),
+    ("uri too long", with_("model.uri", "s3://models/" + "m" * 2048), "spec.model.uri",
+     "may not be more than 2048 bytes"),
+]
+
 
 @pytest.mark.parametrize("spec,field,message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_manifest_is_refused_naming_the_field(cluster, crd, namespace, spec, field, message):
@@ -122,6 +191,27 @@ def test_valid_base_is_accepted(cluster, crd, namespace):
         "metadata": {"name": "good"}, "spec": BASE})
     assert created["spec"]["optimization"]["precision"] == "auto"  # server-side defaults applied
     assert created["spec"]["serving"]["dynamicBatching"]["maxQueueDelayMicroseconds"] == 100
+
+
+GOOD_URIS = [
+    "s3://models/minilm/", "s3://models/a-b_c.d/m~1.onnx", "s3://models/with%20space.onnx",
+    "pvc://my-claim/models/bert", "pvc://my.claim", "pvc://claim/./m.onnx", "pvc://claim/..x/m.onnx",
+    "https://host:8443/m.onnx?download=true", "https://host/m.onnx#frag", "hf://org/name@abc123",
+    "hf://my-org/all-MiniLM-L6-v2", "https://host/m.onnx?tokenizer=fast",
+]
+
+
+@pytest.mark.parametrize("uri", GOOD_URIS)
+def test_well_formed_source_uris_are_accepted(cluster, crd, namespace, uri):
+    """The URI rules refuse only what they name: ordinary sources, percent-encoding, a port, a
+    query without credentials, a Hugging Face revision and dotted file names all pass."""
+    custom = client.CustomObjectsApi(cluster.api_client())
+    spec = {**BASE, "model": {**BASE["model"], "uri": uri}, "optimization": {"calibration": {"uri": uri}}}
+    created = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "OptimizedModel",
+        "metadata": {"name": "good"}, "spec": spec})
+    assert created["spec"]["model"]["uri"] == uri
+    assert created["spec"]["optimization"]["calibration"]["uri"] == uri
 
 
 @pytest.mark.parametrize("name", ["m.v2", "9lives", "x" * 64], ids=["dot", "leading-digit", "64-chars"])

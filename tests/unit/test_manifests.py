@@ -153,8 +153,8 @@ def test_triton_deployment_exact():
                         "image": "reg/triton:1",
                         "imagePullPolicy": "IfNotPresent",
                         "command": ["tritonserver"],
-                        "args": ["--model-repository=/models", "--model-control-mode=explicit",
-                                 "--load-model=minilm", "--strict-readiness=true", "--exit-on-error=true",
+                        "args": ["--model-repository=/models", "--model-control-mode=none",
+                                 "--strict-readiness=true", "--exit-on-error=true",
                                  "--exit-timeout-secs=15",
                                  "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002",
                                  "--allow-metrics=true"],
@@ -356,3 +356,11 @@ def test_retry_job_names_stay_valid_and_distinct():
     assert len(set(names)) == 12
     assert all(len(n) <= 63 and n[0].isalpha() for n in names)
     assert names[0] == f"{'x' * 46}-build-{KEY[:10]}"
+
+
+def test_the_source_policy_reaches_the_builder_only_when_set():
+    env = m.builder_job(MODEL, KEY, SETTINGS)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert "OPTIMODEL_ALLOWED_SOURCE_PREFIXES" not in {e["name"] for e in env}
+    strict = SETTINGS.model_copy(update={"allowed_source_prefixes": ["s3://models/", "hf://org/"]})
+    env = m.builder_job(MODEL, KEY, strict)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "OPTIMODEL_ALLOWED_SOURCE_PREFIXES", "value": "s3://models/,hf://org/"} in env
