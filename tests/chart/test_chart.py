@@ -156,7 +156,7 @@ def test_rbac_is_least_privilege(helm_bin, variant):
 def test_rbac_modes(helm_bin):
     def kinds(objects):
         return sorted((o["kind"], o["metadata"].get("namespace", "")) for o in objects
-                      if o["kind"].endswith(("Role", "RoleBinding")))
+                      if o["kind"] in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"))
 
     leader_election = [("Role", "ops"), ("RoleBinding", "ops")]  # the Lease, in the release namespace
     assert kinds(template(namespace="ops")) == [
@@ -169,7 +169,7 @@ def test_rbac_modes(helm_bin):
     assert not [k for k in kinds(template(single, namespace="ops")) if k[1] == "ops"]
     (cluster_role,) = [o for o in template(NAMESPACED) if o["kind"] == "ClusterRole"]
     assert [r["resources"] for r in cluster_role["rules"]] == [["customresourcedefinitions"]]
-    for binding in (o for o in template(NAMESPACED, namespace="ops") if o["kind"].endswith("Binding")):
+    for binding in (o for o in template(NAMESPACED, namespace="ops") if o["kind"] in ("RoleBinding", "ClusterRoleBinding")):
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "optimodel", "namespace": "ops"}]
 
 

@@ -32,7 +32,9 @@ KINDS = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
 
 
 def policy_objects(values: dict, **kwargs) -> list[dict]:
-    return [o for o in template(values, **kwargs) if o["kind"] in KINDS]
+    """The source policy's objects (the chart also ships a credentials policy of the same kinds)."""
+    return [o for o in template(values, **kwargs)
+            if o["kind"] in KINDS and o["metadata"]["name"].endswith("-source-policy")]
 
 
 # --- rendering (no cluster) -------------------------------------------------------------------
