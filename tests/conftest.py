@@ -16,7 +16,7 @@ from pathlib import Path
 
 import localcluster  # hack/localcluster.py (pytest's pythonpath includes hack/)
 import pytest
-from testcluster import IN_CI, Cluster, make_namespace  # tests/support
+from testcluster import Cluster, make_namespace, start_control_plane, unavailable  # tests/support
 
 
 @pytest.fixture(scope="session")
@@ -26,31 +26,12 @@ def cluster(tmp_path_factory) -> Cluster:
     if external:
         yield Cluster(external, localcluster.binary_dir(), None)
         return
-    try:
-        bin_dir = localcluster.ensure_binaries()
-    except Exception as err:  # noqa: BLE001 - reported as skip or failure below
-        if IN_CI:
-            pytest.fail(f"control-plane binaries unavailable in CI: {err}")
-        pytest.skip(f"control-plane binaries unavailable (run hack/install-binaries.sh): {err}")
-    state_dir = Path(tempfile.mkdtemp(prefix="optimodel-cluster-"))
-    try:
-        state = localcluster.up(state_dir)
-    except Exception as err:  # noqa: BLE001
-        shutil.rmtree(state_dir, ignore_errors=True)
-        if IN_CI:
-            pytest.fail(f"control plane failed to start in CI: {err}")
-        pytest.skip(f"control plane failed to start: {err}")
+    bin_dir, state_dir, state = start_control_plane("optimodel-cluster-")
     print(f"\n[cluster] control plane ready in {state.ready_seconds:.1f}s (cached binaries)")
     try:
         yield Cluster(state.kubeconfig, bin_dir, state.ready_seconds)
     finally:
         localcluster.down(state_dir)
-
-
-def _unavailable(what: str, err: object) -> None:
-    if IN_CI:
-        pytest.fail(f"{what} unavailable in CI: {err}")
-    pytest.skip(f"{what} unavailable: {err}")
 
 
 @pytest.fixture(scope="session")
@@ -65,11 +46,11 @@ def node_cluster() -> Cluster:
 
     missing = realnode.missing_host_pieces()
     if missing:
-        _unavailable("real node", f"missing {', '.join(missing)}; {realnode.INSTALL_HINT}")
+        unavailable("real node", f"missing {', '.join(missing)}; {realnode.INSTALL_HINT}")
     try:
         bin_dir = localcluster.ensure_binaries(real_node=True)
     except Exception as err:  # noqa: BLE001
-        _unavailable("kubelet/kube-proxy binaries", err)
+        unavailable("kubelet/kube-proxy binaries", err)
     state_dir = Path(tempfile.mkdtemp(prefix="optimodel-node-"))
     try:
         state = localcluster.up(state_dir, timeout=240, real_node=True)
@@ -78,7 +59,7 @@ def node_cluster() -> Cluster:
         tails = "".join(f"\n--- {p.name} ---\n{p.read_text(errors='replace')[-1500:]}"
                         for p in sorted(logs.glob("*.log"))) if logs.is_dir() else ""
         shutil.rmtree(state_dir, ignore_errors=True)
-        _unavailable("control plane with a real node", f"{err}{tails}")
+        unavailable("control plane with a real node", f"{err}{tails}")
     print(f"\n[node-cluster] control plane + real node ready in {state.ready_seconds:.1f}s")
     try:
         yield Cluster(state.kubeconfig, bin_dir, state.ready_seconds, state.images, state_dir)
@@ -117,9 +98,7 @@ def object_store():
     try:
         store = clusterstack.start_object_store(host="127.0.0.1")
     except Exception as err:  # noqa: BLE001
-        if IN_CI:
-            pytest.fail(f"object store (MinIO) unavailable in CI: {err}")
-        pytest.skip(f"object store (MinIO) unavailable (run hack/install-minio.sh): {err}")
+        unavailable("object store (MinIO; run hack/install-minio.sh)", err)
     try:
         yield store
     finally:

@@ -133,11 +133,14 @@ class Scenario:
             assert status["observedGeneration"] == item["metadata"]["generation"], name
 
     def close(self) -> None:
-        self.kubelet.stop()
-        for op in self.operators:
-            op.stop()
-            print(f"--- {op.log_path.name} tail ---\n{op.log_tail(1500)}")
-        uninstall_operator_rbac(self.cluster, self.namespace)
+        """Stop everything this scenario started, whatever fails on the way."""
+        try:
+            self.kubelet.stop()
+        finally:
+            for op in self.operators:
+                op.stop()
+                print(f"--- {op.log_path.name} tail ---\n{op.log_tail(1500)}")
+            uninstall_operator_rbac(self.cluster, self.namespace)
 
 
 @pytest.fixture

@@ -11,10 +11,8 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -28,10 +26,10 @@ import yaml
 from faultproxy import DEFAULT_ERROR_CODES, FaultProxy, proxied_kubeconfig
 from kubernetes import client, config, watch
 from polling import wait_for
+from testcluster import start_control_plane
 
 pytestmark = pytest.mark.cluster
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 @pytest.fixture
@@ -315,20 +313,7 @@ def test_cluster_state_without_commands_still_loads(tmp_path):
 
 @pytest.fixture
 def own_cluster():
-    try:
-        localcluster.ensure_binaries()
-    except Exception as err:  # noqa: BLE001
-        if IN_CI:
-            pytest.fail(f"control-plane binaries unavailable in CI: {err}")
-        pytest.skip(f"control-plane binaries unavailable (run hack/install-binaries.sh): {err}")
-    state_dir = Path(tempfile.mkdtemp(prefix="optimodel-restart-"))
-    try:
-        state = localcluster.up(state_dir)
-    except Exception as err:  # noqa: BLE001
-        shutil.rmtree(state_dir, ignore_errors=True)
-        if IN_CI:
-            pytest.fail(f"control plane failed to start in CI: {err}")
-        pytest.skip(f"control plane failed to start: {err}")
+    _, state_dir, state = start_control_plane("optimodel-restart-")
     try:
         yield state
     finally:

@@ -123,35 +123,13 @@ class Models:
         """Play the kubelet: the builder container terminated with this termination message."""
         message = summary if isinstance(summary, str) else json.dumps(summary)
         pod = self.builder_pod(job_name)
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        container = pod.spec.containers[0]
-        self.core.patch_namespaced_pod_status(pod.metadata.name, self.ns, {"status": {
-            "phase": "Succeeded" if exit_code == 0 else "Failed",
-            "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": now}],
-            "containerStatuses": [{
-                "name": container.name, "image": container.image, "imageID": "", "ready": False,
-                "restartCount": 0, "started": False,
-                "state": {"terminated": {
-                    "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
-                    "message": message, "startedAt": now, "finishedAt": now}},
-            }],
-        }})
+        self.core.patch_namespaced_pod_status(pod.metadata.name, self.ns, terminated_status(
+            pod, exit_code, "Completed" if exit_code == 0 else "Error", message))
 
     def oom_kill(self, job_name: str) -> None:
         """Play the kubelet: the builder container was OOM-killed (exit 137, no summary)."""
         pod = self.builder_pod(job_name)
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        container = pod.spec.containers[0]
-        self.core.patch_namespaced_pod_status(pod.metadata.name, self.ns, {"status": {
-            "phase": "Failed",
-            "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": now}],
-            "containerStatuses": [{
-                "name": container.name, "image": container.image, "imageID": "", "ready": False,
-                "restartCount": 0, "started": False,
-                "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled",
-                                         "startedAt": now, "finishedAt": now}},
-            }],
-        }})
+        self.core.patch_namespaced_pod_status(pod.metadata.name, self.ns, terminated_status(pod, 137, "OOMKilled"))
 
     def annotate(self, name: str, annotations: dict) -> dict:
         return self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name,
@@ -160,6 +138,23 @@ class Models:
     def events(self, name: str) -> list:
         return self.core.list_namespaced_event(
             self.ns, field_selector=f"involvedObject.name={name},involvedObject.kind=OptimizedModel").items
+
+
+def terminated_status(pod, exit_code: int, reason: str, message: str | None = None) -> dict:
+    """The status a kubelet writes when the pod's only container (the builder) has exited."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    container = pod.spec.containers[0]
+    terminated = {"exitCode": exit_code, "reason": reason, "startedAt": now, "finishedAt": now}
+    if message is not None:
+        terminated["message"] = message
+    return {"status": {
+        "phase": "Succeeded" if exit_code == 0 else "Failed",
+        "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": now}],
+        "containerStatuses": [{
+            "name": container.name, "image": container.image, "imageID": "", "ready": False,
+            "restartCount": 0, "started": False, "state": {"terminated": terminated},
+        }],
+    }}
 
 
 def success_summary(key: str, model: str, precision: str = "int8", speedup: float = 2.7) -> dict:
@@ -211,19 +206,8 @@ class BuildKubelet(threading.Thread):
                 continue
             key = pod.metadata.annotations["optimodel.dev/build-key"]
             model = pod.metadata.labels["optimodel.dev/model"]
-            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            container = pod.spec.containers[0]
-            self.core.patch_namespaced_pod_status(pod.metadata.name, self.namespace, {"status": {
-                "phase": "Succeeded",
-                "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": now}],
-                "containerStatuses": [{
-                    "name": container.name, "image": container.image, "imageID": "", "ready": False,
-                    "restartCount": 0, "started": False,
-                    "state": {"terminated": {"exitCode": 0, "reason": "Completed",
-                                             "message": json.dumps(success_summary(key, model)),
-                                             "startedAt": now, "finishedAt": now}},
-                }],
-            }})
+            self.core.patch_namespaced_pod_status(pod.metadata.name, self.namespace, terminated_status(
+                pod, 0, "Completed", json.dumps(success_summary(key, model))))
             self.finished.add(pod.metadata.name)
 
     def stop(self) -> None:
