@@ -61,6 +61,7 @@ sys.path[:0] = [str(REPO / "tests" / "support"), str(REPO / "hack")]
 import localcluster  # noqa: E402  (hack/localcluster.py)
 import requests  # noqa: E402
 from opharness import OperatorProcess, success_summary  # noqa: E402  (tests/support)
+from polling import wait_for  # noqa: E402  (tests/support)
 
 GROUP, VERSION, PLURAL = "optimodel.dev", "v1alpha1", "optimizedmodels"
 MODEL_PATH = f"/apis/{GROUP}/{VERSION}"
@@ -390,16 +391,6 @@ def add_gpu_nodes(api: Api, count: int, gpus: int, product: str) -> None:
 
     with cf.ThreadPoolExecutor(8) as pool:
         list(pool.map(create, range(count)))
-
-
-def wait_until(what: str, predicate, timeout: float, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def nodes_ready(api: Api, selector: str) -> int:
@@ -858,15 +849,15 @@ def main(argv: list[str] | None = None) -> int:
         for ns in [*namespaces, RELEASE_NAMESPACE]:
             create_namespace(api, ns)
         # Established is not yet servable ("storage is (re)initializing", 429) for a moment.
-        wait_until("OptimizedModel storage", lambda: _exists(
-            api, f"{MODEL_PATH}/namespaces/{namespaces[0]}/{PLURAL}"), 60, 0.2)
+        wait_for(lambda: _exists(api, f"{MODEL_PATH}/namespaces/{namespaces[0]}/{PLURAL}"),
+                 timeout=60, interval=0.2, what="OptimizedModel storage")
         for ns in namespaces:  # the ServiceAccount admission plugin refuses pods until it exists
-            wait_until(f"default ServiceAccount in {ns}", lambda ns=ns: _exists(
-                api, f"/api/v1/namespaces/{ns}/serviceaccounts/default"), 60)
+            wait_for(lambda ns=ns: _exists(api, f"/api/v1/namespaces/{ns}/serviceaccounts/default"),
+                     timeout=60, interval=0.5, what=f"default ServiceAccount in {ns}")
         log(f"adding {nodes} kwok nodes x {args.gpus_per_node} GPUs ({product})")
         add_gpu_nodes(api, nodes, args.gpus_per_node, product)
-        wait_until(f"{nodes} extra nodes Ready",
-                   lambda: nodes_ready(api, f"optimodel.dev/pool={SCALE_POOL}") >= nodes, 120)
+        wait_for(lambda: nodes_ready(api, f"optimodel.dev/pool={SCALE_POOL}") >= nodes,
+                 timeout=120, interval=0.5, what=f"{nodes} extra nodes Ready")
 
         kubeconfig = state.kubeconfig
         if args.rbac == "chart":
@@ -896,7 +887,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"operator exited with {op.proc.returncode} at startup:\n{op.log_tail(3000)}")
             return scrape_metrics(metrics_url) is not None
 
-        wait_until("operator /metrics", operator_up, 60, 0.2)
+        wait_for(operator_up, timeout=60, interval=0.2, what="operator /metrics")
         time.sleep(3)  # kopf's watches start after /metrics: startup is not what we measure
         if op.proc.poll() is not None:
             raise RuntimeError(f"operator exited with {op.proc.returncode} at startup:\n{op.log_tail(3000)}")

@@ -61,14 +61,19 @@ def make_inputs(client_module, feeds: dict[str, np.ndarray]) -> list:
 
 
 def infer(triton: LocalTriton, model: str, feeds: dict[str, np.ndarray],
-          outputs: Sequence[str]) -> dict[str, np.ndarray]:
-    """One request over HTTP; returns the requested outputs."""
-    import tritonclient.http as httpclient
+          outputs: Sequence[str], protocol: str = "http") -> dict[str, np.ndarray]:
+    """One request over ``protocol`` (http or grpc); returns the requested outputs."""
+    if protocol == "http":
+        import tritonclient.http as client_module
 
-    client = httpclient.InferenceServerClient(triton.endpoints.http, network_timeout=300)
+        client = client_module.InferenceServerClient(triton.endpoints.http, network_timeout=300)
+    else:
+        import tritonclient.grpc as client_module
+
+        client = client_module.InferenceServerClient(triton.endpoints.grpc)
     try:
-        result = client.infer(model, make_inputs(httpclient, feeds),
-                              outputs=[httpclient.InferRequestedOutput(o) for o in outputs])
+        result = client.infer(model, make_inputs(client_module, feeds),
+                              outputs=[client_module.InferRequestedOutput(o) for o in outputs])
         return {o: result.as_numpy(o) for o in outputs}
     finally:
         client.close()

@@ -160,8 +160,8 @@ def test_api_faults_between_operator_and_api_server(scenario, fault_cluster, tmp
         kubeconfig = proxied_kubeconfig(scenario.kubeconfig, proxy.url, str(tmp_path / "proxied.kubeconfig"))
         op = scenario.operator(kubeconfig)
         started = scenario.create_models()
-        seconds = scenario.wait_converged(started, "API faults (15% 5xx, 5% 429, 3% resets, 3% lost "
-                                                   "responses, 0-100 ms latency, watches cut within 8 s)")
+        scenario.wait_converged(started, "API faults (15% 5xx, 5% 429, 3% resets, 3% lost "
+                                         "responses, 0-100 ms latency, watches cut within 8 s)")
         counters = proxy.counters
     finally:
         proxy.stop()
@@ -169,7 +169,6 @@ def test_api_faults_between_operator_and_api_server(scenario, fault_cluster, tmp
     assert counters["errors"] > 20 and counters["throttles"] > 5 and counters["watch_drops"] > 2, counters
     assert op.metric("optimodel_api_retries_total", reason="HTTP") > 0
     scenario.assert_nothing_lost_or_duplicated()
-    assert seconds > 0
 
 
 @pytest.mark.parametrize("component", ["kube-apiserver", "etcd"])
@@ -177,10 +176,11 @@ def test_control_plane_restart_while_converging(scenario, fault_cluster, compone
     scenario.operator()
     started = scenario.create_models()
     time.sleep(2)  # mid-convergence: some builds done, some Deployments created
-    localcluster.restart(fault_cluster.state_dir, component, down_seconds=3)
-    seconds = scenario.wait_converged(started, f"{component} restarted (3 s down) 2 s after the creates")
+    before = localcluster.ClusterState.load(fault_cluster.state_dir).pids[component]
+    after = localcluster.restart(fault_cluster.state_dir, component, down_seconds=3).pids[component]
+    assert after != before, f"{component} was not restarted"
+    scenario.wait_converged(started, f"{component} restarted (3 s down) 2 s after the creates")
     scenario.assert_nothing_lost_or_duplicated()
-    assert seconds > 0
 
 
 def test_sigkill_of_the_leader_at_random_points(scenario, fault_cluster, fault_namespace):
@@ -214,7 +214,7 @@ def test_sigkill_of_the_leader_at_random_points(scenario, fault_cluster, fault_n
                  timeout=30, what="the standby takes over")
         failovers.append(round(time.monotonic() - killed, 1))
         current.start()
-    seconds = scenario.wait_converged(started, f"leader SIGKILLed at {kills} s, failovers {failovers} s "
-                                               "(lease 5 s)")
+    scenario.wait_converged(started, f"leader SIGKILLed at {kills} s, failovers {failovers} s (lease 5 s)")
     scenario.assert_nothing_lost_or_duplicated()
-    assert seconds > 0
+    transitions = coordination.read_namespaced_lease(release_name(fault_namespace), fault_namespace).spec.lease_transitions
+    assert transitions >= 3, f"the Lease changed hands {transitions} times for 3 kills"

@@ -6,8 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from chart import install_operator_rbac, token_kubeconfig, uninstall_operator_rbac
-from opharness import GROUP, PLURAL, Models, OperatorProcess
+from opharness import GROUP, PLURAL, Models, chart_operator
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_FILE = REPO / "crds" / "optimizedmodel.yaml"
@@ -36,22 +35,9 @@ def operator_env(namespace):
 
 @pytest.fixture
 def operator(cluster, crd, operator_env, namespace, tmp_path):
-    """The operator, authenticated as the Helm chart's ServiceAccount with the chart's RBAC.
-
-    Every operator test therefore also proves that the chart's least-privilege permissions are
-    enough (namespaced mode: a Role in the watched namespace plus the small CRD-lookup
-    ClusterRole). The token is a real TokenRequest token, not impersonation.
-    """
-    username = install_operator_rbac(cluster, namespace, [namespace])
-    kubeconfig = token_kubeconfig(cluster, username, tmp_path / "operator.kubeconfig")
-    op = OperatorProcess(kubeconfig, operator_env, tmp_path / "operator.log")
-    op.start()
-    try:
+    """The operator in namespaced mode, watching the test's namespace (see ``chart_operator``)."""
+    with chart_operator(cluster, namespace, [namespace], operator_env, tmp_path) as op:
         yield op
-    finally:
-        op.stop()
-        uninstall_operator_rbac(cluster, namespace)
-        print(f"--- operator log tail ({op.log_path}) ---\n{op.log_tail()}")  # shown on failure
 
 
 @pytest.fixture

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client
+import diff  # tests/support: is what we asked for in the live object?
 from opharness import success_summary, wait_for
 
-from optimodel.operator import diff, manifests
+from optimodel.operator import manifests
 from optimodel.operator.settings import OperatorSettings
 
 pytestmark = pytest.mark.cluster

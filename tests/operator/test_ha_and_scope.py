@@ -8,7 +8,7 @@ import time
 import pytest
 from chart import install_operator_rbac, release_name, token_kubeconfig, uninstall_operator_rbac
 from kubernetes import client
-from opharness import OperatorProcess, success_summary, wait_for
+from opharness import OperatorProcess, chart_operator, success_summary, wait_for
 
 from optimodel.operator import manifests
 
@@ -102,16 +102,8 @@ def test_only_the_leader_acts_and_a_standby_takes_over_after_sigkill(cluster, mo
 @pytest.fixture
 def clusterwide_operator(cluster, crd, operator_env, namespace, tmp_path):
     """The chart's default: no watchNamespaces, a ClusterRole, every namespace watched."""
-    username = install_operator_rbac(cluster, namespace, None)
-    kubeconfig = token_kubeconfig(cluster, username, tmp_path / "operator.kubeconfig")
-    op = OperatorProcess(kubeconfig, {**operator_env, "OPTIMODEL_NAMESPACES": ""}, tmp_path / "operator.log")
-    op.start()
-    try:
+    with chart_operator(cluster, namespace, None, {**operator_env, "OPTIMODEL_NAMESPACES": ""}, tmp_path) as op:
         yield op
-    finally:
-        op.stop()
-        uninstall_operator_rbac(cluster, namespace)
-        print(f"--- operator log tail ---\n{op.log_tail()}")
 
 
 def test_cluster_wide_mode_builds_and_serves(models, clusterwide_operator, namespace):

@@ -8,9 +8,10 @@ import urllib.request
 
 import pytest
 from kubernetes import client
+import diff  # tests/support: is what we asked for in the live object?
 from opharness import failure_summary, success_summary, wait_for
 
-from optimodel.operator import diff, manifests
+from optimodel.operator import manifests
 from optimodel.operator.settings import OperatorSettings
 
 pytestmark = pytest.mark.cluster

@@ -24,6 +24,7 @@ from optimodel.api.spec import OptimizedModelSpec
 from optimodel.api.status import EngineStatus
 from optimodel.operator import manifests
 from optimodel.operator.settings import OperatorSettings
+from optimodel.serving.loadgen import infer
 
 pytestmark = pytest.mark.triton
 
@@ -53,26 +54,6 @@ def split_args(args: list[str]) -> tuple[str, list[str]]:
     rest = [a for a in args
             if a.split("=", 1)[0] not in (*HARNESS_FLAGS, "--model-control-mode")]
     return modes[0], rest
-
-
-def infer(triton, feeds: dict[str, np.ndarray], protocol: str) -> np.ndarray:
-    if protocol == "http":
-        import tritonclient.http as client_mod
-
-        client = client_mod.InferenceServerClient(triton.endpoints.http)
-    else:
-        import tritonclient.grpc as client_mod
-
-        client = client_mod.InferenceServerClient(triton.endpoints.grpc)
-    inputs = []
-    for name, array in feeds.items():
-        tensor = client_mod.InferInput(name, list(array.shape), "INT64")
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    try:
-        return client.infer(MODEL, inputs).as_numpy("embedding")
-    finally:
-        client.close()
 
 
 def test_operator_args_render_no_explicit_control():
@@ -142,7 +123,7 @@ def test_control_api_refused_inference_health_metrics_work(start_triton, make_re
     # Inference over both protocols, health, and the metrics port all work.
     for protocol, batch in (("http", 3), ("grpc", 2)):
         feeds = tiny_encoder.inputs(batch, seed=batch)
-        np.testing.assert_allclose(infer(triton, feeds, protocol), tiny_encoder.reference(**feeds),
+        np.testing.assert_allclose(infer(triton, MODEL, feeds, ["embedding"], protocol)["embedding"], tiny_encoder.reference(**feeds),
                                    atol=1e-5)
     assert requests.get(f"{url}/v2/health/ready", timeout=10).status_code == 200
     assert requests.get(f"{url}/v2/health/live", timeout=10).status_code == 200

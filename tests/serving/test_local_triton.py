@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from optimodel.serving.loadgen import infer
 from optimodel.serving.local_triton import LocalTriton, TritonError
 from optimodel.serving.metrics import PENDING_REQUESTS_METRIC
 from optimodel.serving.stage import apply_serving, parse_config, render_config
@@ -31,26 +32,6 @@ def port_is_free(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
-def infer(triton: LocalTriton, model: str, feeds: dict[str, np.ndarray], protocol: str = "http"):
-    if protocol == "http":
-        import tritonclient.http as client_mod
-
-        client = client_mod.InferenceServerClient(triton.endpoints.http)
-    else:
-        import tritonclient.grpc as client_mod
-
-        client = client_mod.InferenceServerClient(triton.endpoints.grpc)
-    inputs = []
-    for name, array in feeds.items():
-        tensor = client_mod.InferInput(name, list(array.shape), "INT64")
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    try:
-        return client.infer(model, inputs).as_numpy("embedding")
-    finally:
-        client.close()
-
-
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
@@ -60,7 +41,7 @@ def test_serves_the_model_and_matches_the_reference(start_triton, make_repo, tin
     assert triton.model_ready("tiny")
     for protocol, batch in (("http", 5), ("grpc", 3)):
         feeds = tiny_encoder.inputs(batch, seed=batch)
-        got = infer(triton, "tiny", feeds, protocol)
+        got = infer(triton, "tiny", feeds, ["embedding"], protocol)["embedding"]
         want = tiny_encoder.reference(**feeds)
         assert got.shape == want.shape == (batch, 8)
         assert cosine(got, want).min() >= 0.9999

@@ -7,6 +7,7 @@ after ``optimodel build`` exited.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+from chart import install_operator_rbac, token_kubeconfig, uninstall_operator_rbac
 from kubernetes import client
 from localcluster import free_port  # hack/ is on the tests' pythonpath
 from polling import wait_for  # noqa: F401  (re-exported for tests)
@@ -74,6 +76,27 @@ class OperatorProcess:
 
     def log_tail(self, n: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-n:]
+
+
+@contextlib.contextmanager
+def chart_operator(cluster, namespace: str, watch_namespaces: list[str] | None, env: dict, tmp_path):
+    """The operator, authenticated as the Helm chart's ServiceAccount with the chart's RBAC for
+    ``watch_namespaces`` (None: cluster-wide mode, a ClusterRole); stopped and unbound after.
+
+    Every operator test therefore also proves that the chart's least-privilege permissions are
+    enough. The token is a real TokenRequest token, not impersonation.
+    """
+    username = install_operator_rbac(cluster, namespace, watch_namespaces)
+    kubeconfig = token_kubeconfig(cluster, username, tmp_path / "operator.kubeconfig")
+    op = OperatorProcess(kubeconfig, env, tmp_path / "operator.log")
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+        uninstall_operator_rbac(cluster, namespace)
+        print(f"--- operator log tail ({op.log_path}) ---\n{op.log_tail()}")  # shown on failure
+
 
 
 class Models:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import diff  # tests/support
 import pytest
 
 from optimodel.api.status import Condition, OptimizedModelStatus
-from optimodel.operator import diff
 from optimodel.operator.conditions import Desired, merge_conditions, pod_problem, status_patch, transitions
 from optimodel.operator.settings import OperatorSettings
 

@@ -42,7 +42,9 @@ def test_operator_and_stager_import_no_heavy_package():
 
 @pytest.mark.parametrize("module,forbidden", [
     ("manifests", {"optimodel.operator.kube", "optimodel.operator.reconcile", "kubernetes", "kopf"}),
-    ("diff", {"optimodel.operator.kube", "optimodel.operator.reconcile", "kubernetes", "kopf"}),
+    ("failures", {"optimodel.operator.kube", "optimodel.operator.reconcile", "kubernetes", "kopf"}),
+    ("workqueue", {"optimodel.operator", "optimodel.api", "kubernetes", "kopf"}),
+    ("leader", {"optimodel.operator.reconcile", "optimodel.operator.handlers", "kopf"}),
     ("conditions", {"optimodel.operator.kube", "optimodel.operator.reconcile", "kubernetes", "kopf"}),
     ("settings", {"optimodel.operator.kube", "optimodel.operator.reconcile", "optimodel.operator.manifests"}),
     ("kube", {"optimodel.operator.reconcile", "optimodel.operator.manifests", "optimodel.operator.handlers", "kopf"}),

@@ -1,5 +1,5 @@
-"""Does a live object carry every field of a desired manifest? (Server-side apply decides what
-to write; this answers the question for tests and logs: "is what we asked for in place?")
+"""Does a live object carry every field of a desired manifest? Server-side apply decides what
+the operator writes; tests ask "is what it asked for in place?", and say where it is not.
 
 A desired manifest is "satisfied" when every field it sets has the same value in the live object;
 fields the API server defaults or others own are not compared.
