@@ -448,7 +448,13 @@ def down(state_dir: Path, keep_logs: bool = False) -> None:
                 try:
                     os.killpg(pid, signal.SIGKILL)
                 except ProcessLookupError:
-                    pass
+                    continue
+                # SIGKILL is delivered asynchronously: return only once the process is gone, or
+                # a caller may find it still running (seen with a kube-apiserver that had not
+                # finished its graceful shutdown in 15 s on a loaded 2-core machine).
+                killed = time.monotonic() + 5
+                while realnode.process_alive(pid) and time.monotonic() < killed:
+                    time.sleep(0.05)
     if keep_logs:
         for sub in ("etcd", "pki", "cluster.json"):
             p = state_dir / sub
