@@ -58,6 +58,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--build-key", default=None,
                    help="the build key the operator computed (and named the Job after); the build "
                    "fails with BuildKeyMismatch if the builder computes a different one")
+    p.add_argument("--artifact-scope", default=None, metavar="URI",
+                   help="<root>/<namespace>/ the operator limits this build to: --output must lie "
+                   "inside it, and an s3:// artifact credential that may list beyond it is refused "
+                   "(CredentialsTooBroad); absent = no limit (local runs, shared credentials)")
     p.add_argument("--termination-message-path", default=None,
                    help=f"where the BuildSummary goes (default {DEFAULT_TERMINATION_PATH} when its "
                    "directory exists and is writable, else nowhere); '' disables it")
@@ -189,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         from optimodel.builder import sources
 
         sources.check_source_policy(spec)  # before the cache check and any download
+        sources.check_artifact_scope(args.output, args.artifact_scope)
 
         cached = _cache_hit(spec, key, args.output, args.model_name)
         if cached is not None:

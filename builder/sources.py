@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from optimodel import storage
+from optimodel import artifacts, storage
 from optimodel.api.spec import URI_DOT_DOT_SEGMENT, BuildSpec
 from optimodel.builder.errors import BuildError, access_denial
 
@@ -37,11 +37,13 @@ log = logging.getLogger("optimodel.builder")
 REMOTE_TIMEOUT_S = 60.0
 
 # Where the credentials came from, for AccessDenied messages: the Job exposes the keys of the
-# model's credentialsSecret and of the artifact credentials Secret as environment variables.
-SOURCE_CREDENTIALS = ("the builder's environment (the keys of the Secrets named by "
-                      "spec.model.credentialsSecret and by the chart's artifacts.credentialsSecret)")
+# model's credentialsSecret as the standard AWS variables, and those of the artifact Secret with
+# the OPTIMODEL_ARTIFACT_ prefix (optimodel.storage.ARTIFACT_ENV_PREFIX); each is used for its own
+# side only.
+SOURCE_CREDENTIALS = ("the builder's standard AWS environment (the keys of the Secret named by "
+                      "spec.model.credentialsSecret; never the artifact credentials)")
 OUTPUT_CREDENTIALS = ("the artifact credentials (the keys of the Secret named by the chart's "
-                      "artifacts.credentialsSecret)")
+                      "artifacts.credentialsSecret, in the model's namespace)")
 
 Kind = Literal["local", "remote", "hf"]
 
@@ -122,8 +124,12 @@ def check_source_policy(spec: BuildSpec) -> None:
         check_source(calibration.uri, "spec.optimization.calibration.uri", prefixes)
 
 
-def _filesystem(url: str):
-    """An fsspec filesystem for a remote URL, with timeouts so a dead host fails fast."""
+def _filesystem(url: str, *, artifacts: bool = False):
+    """An fsspec filesystem for a remote URL, with timeouts so a dead host fails fast.
+
+    ``artifacts``: the URL is in the artifact store (the output), opened with the artifact
+    credentials; otherwise it is a source, opened with the model's.
+    """
     import fsspec
 
     protocol = url.split("://", 1)[0].lower()
@@ -133,7 +139,7 @@ def _filesystem(url: str):
 
         options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=None, connect=15, sock_read=REMOTE_TIMEOUT_S)}
     elif protocol == "s3":
-        options.update(storage.s3_options())
+        options.update(storage.s3_options(artifacts=artifacts))
     fs, path = fsspec.core.url_to_fs(url, **options)
     return fs, path
 
@@ -142,8 +148,8 @@ def model_credentials(secret: str | None) -> str:
     """Where a model source's credentials come from, for an ``AccessDenied`` message."""
     if secret:
         return f"the keys of Secret {secret!r} (spec.model.credentialsSecret)"
-    return ("no spec.model.credentialsSecret is set, so whatever the builder's environment holds "
-            "(e.g. the artifact credentials from the chart's artifacts.credentialsSecret)")
+    return ("no spec.model.credentialsSecret is set, so none but the builder's ambient identity "
+            "(the artifact credentials are never used for sources)")
 
 
 def denied(uri: str, what: str, code: str, credentials: str, *, write: bool = False) -> BuildError:
@@ -218,7 +224,7 @@ def read_report(output_uri: str) -> dict | None:
             return json.loads(path.read_text()) if path.is_file() else None
         if loc.kind != "remote":
             return None
-        fs, path = _filesystem(loc.path)
+        fs, path = _filesystem(loc.path, artifacts=True)
         report_path = path.rstrip("/") + "/report.json"
         if not fs.exists(report_path):
             return None
@@ -239,10 +245,40 @@ def exists(output_uri: str, relative: str) -> bool:
     try:
         if loc.kind == "local":
             return (loc.local_path / relative).exists()
-        fs, path = _filesystem(loc.path)
+        fs, path = _filesystem(loc.path, artifacts=True)
         return fs.exists(path.rstrip("/") + "/" + relative)
     except Exception:
         return False
+
+
+def check_artifact_scope(output_uri: str, scope: str | None) -> None:
+    """Refuse to build when the output or the artifact credential reaches beyond ``scope``.
+
+    ``scope`` (``--artifact-scope``, ``<root>/<namespace>/``) is what the operator allows this
+    build: the output must lie inside it (``InvalidSpec`` otherwise), and for ``s3://`` the
+    artifact credential must not be able to list its parent, where the other namespaces' folders
+    are (``CredentialsTooBroad``; see ``optimodel.artifacts``). Runs before the cache check, so a
+    store-wide credential never gets to read anything. ``None``: no scope (a local run, or an
+    installation that opted into one shared credential).
+    """
+    if scope is None:
+        return
+    if not artifacts.in_scope(output_uri, scope):
+        raise BuildError("InvalidSpec", f"--output {output_uri} is outside --artifact-scope {scope}")
+    if not scope.startswith("s3://"):
+        return  # a pvc:// claim belongs to the namespace already
+    try:
+        fs, _ = _filesystem(scope, artifacts=True)
+        artifacts.check_scope(fs, scope)
+    except artifacts.CredentialTooBroad as exc:
+        raise BuildError("CredentialsTooBroad", str(exc)) from exc
+    except Exception as exc:
+        code = access_denial(exc)
+        if code:
+            raise denied(scope, "the artifact store", code, OUTPUT_CREDENTIALS) from exc
+        raise BuildError("OutputWriteFailed", f"cannot check the artifact credential's scope at "
+                         f"{scope}: {type(exc).__name__}: {exc}") from exc
+    log.info("artifact credential is limited to %s (it may not list the folders beside it)", scope)
 
 
 def publish(staged: Path, output_uri: str) -> None:
@@ -286,7 +322,7 @@ def _publish_local(staged: Path, final: Path) -> None:
 
 
 def _publish_remote(staged: Path, url: str) -> None:
-    fs, root = _filesystem(url)
+    fs, root = _filesystem(url, artifacts=True)
     root = root.rstrip("/")
     files = sorted(p for p in staged.rglob("*") if p.is_file())
     # report.json last: its presence is what marks the output as complete.

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import realnode
+from optimodel.artifacts import namespace_scope
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "charts" / "optimodel"
@@ -41,7 +42,8 @@ RELEASE = "optimodel"
 ARTIFACT_BUCKET = "optimodel-artifacts"
 MODEL_BUCKET = "models"
 MINILM_PREFIX = "all-minilm-l6-v2"
-CREDENTIALS_SECRET = "artifact-store"
+CREDENTIALS_SECRET = "artifact-store"  # the namespace's artifact credential (artifacts.credentialsSecret)
+MODEL_SECRET = "model-store"  # read-only on the models bucket (spec.model.credentialsSecret)
 
 
 def log(msg: str) -> None:
@@ -61,6 +63,25 @@ class ObjectStore:
         """The standard AWS variables a pod gets from the credentials Secret."""
         return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
                 "AWS_ENDPOINT_URL_S3": self.endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def scoped_env(self, scope: str, *, write: bool = True, hours: int = 12) -> dict[str, str]:
+        """Like ``env``, for a session credential limited to ``scope`` (``s3://bucket/<root>/<ns>/``)
+        by the policy ``optimodel artifact-policy`` prints: what a namespace's artifact Secret
+        holds. Minted with STS AssumeRole and that policy as the session policy (MinIO, like AWS,
+        grants the intersection of the user's rights and the session policy)."""
+        import botocore.session
+
+        from optimodel.artifacts import policy_json
+
+        sts = botocore.session.get_session().create_client(
+            "sts", endpoint_url=self.endpoint, region_name="us-east-1",
+            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key)
+        creds = sts.assume_role(RoleArn="arn:aws:iam::000000000000:role/optimodel-artifacts",
+                                RoleSessionName="optimodel-scoped", DurationSeconds=hours * 3600,
+                                Policy=policy_json(scope, write=write))["Credentials"]
+        return {"AWS_ACCESS_KEY_ID": creds["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": creds["SecretAccessKey"],
+                "AWS_SESSION_TOKEN": creds["SessionToken"], "AWS_ENDPOINT_URL_S3": self.endpoint,
+                "AWS_DEFAULT_REGION": "us-east-1"}
 
     def fs(self):
         import s3fs
@@ -185,8 +206,13 @@ def model_namespace(api, name: str, store: ObjectStore) -> str:
     core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {
         "pod-security.kubernetes.io/enforce": "restricted",
         "pod-security.kubernetes.io/enforce-version": "latest"}}})
-    core.create_namespaced_secret(name, {"apiVersion": "v1", "kind": "Secret",
-                                         "metadata": {"name": CREDENTIALS_SECRET}, "stringData": store.env})
+    # Per-namespace credentials, as docs/security.md asks: the artifact credential is limited to
+    # <root>/<namespace>/, the model-source one may only read the models bucket.
+    scope = namespace_scope(f"s3://{ARTIFACT_BUCKET}", name)
+    for secret, env in ((CREDENTIALS_SECRET, store.scoped_env(scope)),
+                        (MODEL_SECRET, store.scoped_env(f"s3://{MODEL_BUCKET}/", write=False))):
+        core.create_namespaced_secret(name, {"apiVersion": "v1", "kind": "Secret",
+                                             "metadata": {"name": secret}, "stringData": env})
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -200,7 +226,7 @@ def model_namespace(api, name: str, store: ObjectStore) -> str:
 def minilm_model(name: str, uri: str, **overrides) -> dict:
     """An OptimizedModel for MiniLM served on CPU, scaled on queue depth."""
     spec = {
-        "model": {"uri": uri, "format": "huggingface"},
+        "model": {"uri": uri, "format": "huggingface", "credentialsSecret": MODEL_SECRET},
         "optimization": {"precision": "auto", "maxBatchSize": 16,
                          "accuracy": {"metric": "cosine", "threshold": 0.99}},
         "serving": {"gpu": {"count": 0}, "dynamicBatching": {"maxQueueDelayMicroseconds": 2000}},

@@ -108,5 +108,8 @@ def pod_problem(pods: list[dict]) -> str | None:
                 waiting = (cs.get("state") or {}).get("waiting") or {}
                 if waiting.get("reason") not in (None, "ContainerCreating", "PodInitializing"):
                     detail = waiting.get("message") or ""
+                    last = ((cs.get("lastState") or {}).get("terminated") or {}).get("message")
+                    if last:  # a crash loop's why: the container's own last words
+                        detail = f"{detail}; last exit: {last.strip()[-500:]}".lstrip("; ")
                     return f"pod {name} container {cs.get('name')}: {waiting['reason']} {detail}".strip()
     return None

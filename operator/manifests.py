@@ -12,11 +12,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from optimodel import artifacts
 from optimodel.api.crd import GROUP, KIND, VERSION
 from optimodel.api.spec import BuildSpec, OptimizedModelSpec
 from optimodel.api.status import BenchmarkStatus, EngineStatus
 from optimodel.operator.settings import OperatorSettings
 from optimodel.serving.metrics import PENDING_REQUESTS_METRIC, keda_query
+from optimodel.storage import ARTIFACT_ENV_PREFIX
 
 MODEL_LABEL = "optimodel.dev/model"
 KEY_ANNOTATION = "optimodel.dev/build-key"
@@ -36,6 +38,15 @@ PRESTOP_SECONDS = 10
 """How long a terminating Triton pod keeps serving while Services stop routing to it."""
 DRAIN_SECONDS = 15
 """How long Triton may take after SIGTERM to finish in-flight requests."""
+# Triton's administrative endpoints (besides load/unload, which --model-control-mode=none
+# refuses outright): changing log settings (including the log file), tracing, and registering
+# shared-memory regions. No client of an optimodel service needs them, so they are restricted
+# to requests carrying a header whose value is a random key in a Secret the operator creates
+# and nobody reads (see ``triton_admin_secret``): closed to every client of the Service.
+RESTRICTED_APIS = ("model-repository", "logging", "trace", "shared-memory")
+ADMIN_KEY_HEADER = "optimodel-admin-key"
+ADMIN_KEY_ENV = "OPTIMODEL_TRITON_ADMIN_KEY"
+ADMIN_KEY_SECRET_KEY = "key"
 
 
 @dataclass(frozen=True)
@@ -168,12 +179,24 @@ def _pvc_claim(uri: str) -> str | None:
     return uri[len("pvc://"):].split("/", 1)[0] if uri.startswith("pvc://") else None
 
 
-def _storage(model: ModelRef, settings: OperatorSettings, *, sources: list[str], writable: set[str]
-             ) -> tuple[list[dict], list[dict], list[dict]]:
+def artifact_scope_args(model: ModelRef, settings: OperatorSettings) -> list[str]:
+    """``--artifact-scope <root>/<namespace>/`` for the builder and the stager: they refuse an
+    output or source outside it, and an artifact credential that reaches beyond it (see
+    ``optimodel.artifacts``); nothing when the installer opted into one shared credential."""
+    if settings.artifact_credentials_shared:
+        return []
+    return [artifacts.SCOPE_ARG, artifacts.namespace_scope(settings.artifact_root, model.namespace)]
+
+
+def _storage(model: ModelRef, settings: OperatorSettings, *, sources: list[str], writable: set[str],
+             model_credentials: bool) -> tuple[list[dict], list[dict], list[dict]]:
     """Volumes, mounts and envFrom giving a pod access to the given storage URIs.
 
     pvc:// claims are mounted under ``settings.pvc_mount_root/<claim>`` (read-only unless in
-    ``writable``); object-store credentials only ever come from Secret references.
+    ``writable``); object-store credentials only ever come from Secret references. The artifact
+    Secret's keys arrive prefixed (``OPTIMODEL_ARTIFACT_AWS_...``), so they can never be mistaken
+    for, or shadowed by, the model Secret's standard ``AWS_*`` keys; the model Secret is only
+    given where sources are read (``model_credentials``: the builder, not the stager).
     """
     claims: dict[str, bool] = {}
     for uri in sources:
@@ -187,9 +210,11 @@ def _storage(model: ModelRef, settings: OperatorSettings, *, sources: list[str],
     mounts = [{"name": f"pvc-{i}", "mountPath": f"{settings.pvc_mount_root}/{c}", **({} if rw else {"readOnly": True})}
               for i, (c, rw) in enumerate(sorted(claims.items()))]
     env_from = []
-    for secret in (model.spec.model.credentials_secret, settings.artifact_credentials_secret):
-        if secret and {"secretRef": {"name": secret}} not in env_from:
-            env_from.append({"secretRef": {"name": secret}})
+    if model_credentials and model.spec.model.credentials_secret:
+        env_from.append({"secretRef": {"name": model.spec.model.credentials_secret}})
+    if settings.artifact_credentials_secret:
+        env_from.append({"prefix": ARTIFACT_ENV_PREFIX,
+                         "secretRef": {"name": settings.artifact_credentials_secret}})
     return volumes, mounts, env_from
 
 
@@ -204,7 +229,7 @@ def builder_job(model: ModelRef, key: str, settings: OperatorSettings, attempt: 
     if model.spec.optimization.calibration and model.spec.optimization.calibration.uri:
         sources.append(model.spec.optimization.calibration.uri)
     artifact_claim = _pvc_claim(output)
-    volumes, mounts, env_from = _storage(model, settings, sources=sources,
+    volumes, mounts, env_from = _storage(model, settings, sources=sources, model_credentials=True,
                                          writable={artifact_claim} if artifact_claim else set())
     gpus = gpu_resources(model)
     node_selector, tolerations = placement(model, settings)
@@ -214,6 +239,7 @@ def builder_job(model: ModelRef, key: str, settings: OperatorSettings, attempt: 
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["optimodel"],
         "args": ["build", "--spec-json", spec_json, "--build-key", key, "--output", output,
+                 *artifact_scope_args(model, settings),
                  "--model-name", model.name, "--termination-message-path", TERMINATION_MESSAGE_PATH],
         "env": [
             {"name": "OPTIMODEL_PVC_ROOT", "value": settings.pvc_mount_root},
@@ -340,6 +366,36 @@ def engine_from_deployment(live: dict[str, Any] | None) -> tuple[EngineStatus | 
     return engine, benchmark
 
 
+def triton_admin_secret_name(model: ModelRef) -> str:
+    return f"{model.name}-triton-admin"
+
+
+def triton_admin_secret(model: ModelRef, key: str) -> dict[str, Any]:
+    """The Secret holding the key of Triton's restricted endpoints (``RESTRICTED_APIS``).
+
+    Created once, with a random ``key`` (``secrets.token_urlsafe``), and never read or updated:
+    nobody needs to know the value, it only has to be unguessable, so the operator gets
+    ``create`` on Secrets and nothing else. Owned by the model, so it goes with it.
+    """
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(model, triton_admin_secret_name(model), "server"),
+        "type": "Opaque",
+        "stringData": {ADMIN_KEY_SECRET_KEY: key},
+    }
+
+
+def restricted_api_args() -> list[str]:
+    """Triton flags closing ``RESTRICTED_APIS`` over HTTP and gRPC to anyone without the key.
+
+    ``$(OPTIMODEL_TRITON_ADMIN_KEY)`` is expanded by the kubelet from the container's
+    environment (the Secret), so the pod spec never holds the value.
+    """
+    lock = f"{','.join(RESTRICTED_APIS)}:{ADMIN_KEY_HEADER}=$({ADMIN_KEY_ENV})"
+    return [f"--http-restricted-api={lock}", f"--grpc-restricted-protocol={lock}"]
+
+
 def triton_deployment(model: ModelRef, engine: EngineStatus, settings: OperatorSettings,
                       live: dict[str, Any] | None = None, benchmark: BenchmarkStatus | None = None
                       ) -> dict[str, Any]:
@@ -353,19 +409,18 @@ def triton_deployment(model: ModelRef, engine: EngineStatus, settings: OperatorS
     one) and its model-repository manager refuses every load and unload, over HTTP and gRPC
     alike (HTTP 503 / gRPC UNAVAILABLE; it is the server core that refuses, not a header check a
     client could satisfy). ``--load-model`` is only valid in explicit mode and is gone with it.
-    The repository index (``POST /v2/repository/index``) stays answerable: read-only, it lists
-    the one model's name, version and state, which ``/v2/models/<name>`` and its ``/ready``
-    already tell any client of the inference API.
 
-    No ``--http-restricted-api`` / ``--grpc-restricted-protocol`` on top: a restriction is only
-    worth its header value's secrecy, and every value available here fails. A constant is
-    public (it is in this source); a random one per reconcile would roll the Deployment every
-    time; a stable secret one needs a Secret (and operator RBAC on Secrets); the pod UID through
-    the downward API is readable cluster-wide (kube-state-metrics exports it). Guarded by
+    The repository API (index included) and the other administrative endpoints (log settings
+    and log file, tracing, shared-memory registration) are restricted on top, with
+    ``--http-restricted-api`` / ``--grpc-restricted-protocol``, to requests carrying a header
+    whose value is a random key from a Secret (``triton_admin_secret``): a
+    restriction is only worth its value's secrecy, so not a constant (public, in this source)
+    nor the pod UID (readable cluster-wide, kube-state-metrics exports it). Guarded by
     ``tests/serving/test_control_api_locked.py``, which runs a real Triton with these arguments.
     """
     serving = model.spec.serving
-    volumes, mounts, env_from = _storage(model, settings, sources=[engine.uri], writable=set())
+    volumes, mounts, env_from = _storage(model, settings, sources=[engine.uri], writable=set(),
+                                         model_credentials=False)
     read_only_mounts = [{**m, "readOnly": True} for m in mounts]
     serving_json = json.dumps(serving.to_wire(), sort_keys=True, separators=(",", ":"))
     stage = {
@@ -375,11 +430,14 @@ def triton_deployment(model: ModelRef, engine: EngineStatus, settings: OperatorS
         "command": ["optimodel"],
         "args": ["stage-repository", "--from", engine.uri, "--to", MODELS_DIR,
                  "--model-name", model.name, "--serving-json", serving_json,
-                 "--layout", settings.triton_repository_layout],
+                 "--layout", settings.triton_repository_layout, *artifact_scope_args(model, settings)],
         "env": [{"name": "OPTIMODEL_PVC_ROOT", "value": settings.pvc_mount_root},
                 {"name": "HOME", "value": "/tmp"}],
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
         "securityContext": CONTAINER_SECURITY_CONTEXT,
+        # Its error (e.g. CredentialsTooBroad) becomes the pod status's termination message,
+        # which the Ready condition quotes (conditions.pod_problem).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": "models", "mountPath": MODELS_DIR},
                          {"name": "tmp", "mountPath": "/tmp"}, *read_only_mounts],
     }
@@ -412,8 +470,11 @@ def triton_deployment(model: ModelRef, engine: EngineStatus, settings: OperatorS
             f"--grpc-port={GRPC_PORT}",
             f"--metrics-port={METRICS_PORT}",
             "--allow-metrics=true",
+            *restricted_api_args(),
         ],
-        "env": [{"name": "HOME", "value": "/tmp"}],
+        "env": [{"name": "HOME", "value": "/tmp"},
+                {"name": ADMIN_KEY_ENV, "valueFrom": {"secretKeyRef": {
+                    "name": triton_admin_secret_name(model), "key": ADMIN_KEY_SECRET_KEY}}}],
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import secrets
 from dataclasses import dataclass
 
 from pydantic import ValidationError
@@ -180,6 +181,8 @@ class Scaling:
 def _serve(kube: Kube, settings: OperatorSettings, model: m.ModelRef, engine: EngineStatus,
            benchmark: BenchmarkStatus | None, live: dict | None) -> tuple[dict, Scaling]:
     """Apply the serving objects; return the live Deployment and the autoscaler in use."""
+    # Created once and never read (a 409 means it is there): see manifests.triton_admin_secret.
+    kube.create(m.triton_admin_secret(model, secrets.token_urlsafe(32)))
     deployment, _ = kube.apply(m.triton_deployment(model, engine, settings, live, benchmark))
     if live is None and model.spec.autoscaling.enabled:
         deployment, _ = kube.apply(m.initial_replicas(model), manager=m.INITIAL_REPLICAS_MANAGER)

@@ -64,8 +64,17 @@ class OperatorSettings(BaseModel):
     )
     artifact_credentials_secret: str | None = Field(
         default=None,
-        description="Secret (in the model's namespace) whose keys become environment variables "
-        "of builder and staging containers, e.g. AWS_ACCESS_KEY_ID for s3:// artifact roots.",
+        description="Secret in each model's namespace holding that namespace's artifact-store "
+        "credential (AWS_ACCESS_KEY_ID, ... for s3:// roots), limited by the store's policy to "
+        "<root>/<namespace>/ (`optimodel artifact-policy`). Builder and staging containers get its "
+        "keys prefixed OPTIMODEL_ARTIFACT_; the operator never reads it.",
+    )
+    artifact_credentials_shared: bool = Field(
+        default=False,
+        description="Opt-in for single-tenant clusters: one artifact credential for every "
+        "namespace. Off (the default), builder and staging containers get --artifact-scope "
+        "<root>/<namespace>/ and refuse an s3:// credential that may list beyond it "
+        "(CredentialsTooBroad).",
     )
     default_gpu_product: str = Field(
         default="NVIDIA-H100-80GB-HBM3",

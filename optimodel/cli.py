@@ -47,6 +47,30 @@ def _demo(_: argparse.Namespace, rest: list[str]) -> int:
     return demo_main(rest)
 
 
+def _artifact_policy(_: argparse.Namespace, rest: list[str]) -> int:
+    from optimodel import artifacts
+
+    parser = argparse.ArgumentParser(
+        prog="optimodel artifact-policy",
+        description="Print the S3 IAM policy (AWS IAM, MinIO) that limits a namespace's artifact "
+                    "credential to its own folder, <root>/<namespace>/.")
+    parser.add_argument("scope", nargs="?", metavar="SCOPE",
+                        help="s3://bucket/<root>/<namespace>/ (or give --root and --namespace)")
+    parser.add_argument("--root", help="the chart's artifacts.root, e.g. s3://bucket/optimodel")
+    parser.add_argument("--namespace", help="the model namespace the credential is for")
+    parser.add_argument("--read-only", action="store_true",
+                        help="read and list only (a staging-only credential)")
+    args = parser.parse_args(rest)
+    if bool(args.scope) == bool(args.root and args.namespace):
+        parser.error("give SCOPE, or both --root and --namespace")
+    scope = args.scope or artifacts.namespace_scope(args.root, args.namespace)
+    try:
+        sys.stdout.write(artifacts.policy_json(scope, write=not args.read_only) + "\n")
+    except ValueError as exc:
+        parser.error(str(exc))
+    return 0
+
+
 def _operator(_: argparse.Namespace, rest: list[str]) -> int:
     from optimodel.operator.run import main as operator_main
 
@@ -61,6 +85,8 @@ COMMANDS = {
     "tritonserver": (_tritonserver, "run the local Triton Inference Server (pytriton wheel, Python "
                                     "backend) with tritonserver's own arguments"),
     "demo": (_demo, "the main job locally: build MiniLM, serve it with Triton, send real traffic"),
+    "artifact-policy": (_artifact_policy, "print the S3 policy limiting a namespace's artifact "
+                                          "credential to <root>/<namespace>/"),
     "operator": (_operator, "run the Kubernetes operator (kopf)"),
 }
 

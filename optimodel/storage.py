@@ -39,16 +39,43 @@ def pvc_path(uri: str) -> Path:
     return Path(path)
 
 
-def s3_options() -> dict:
-    """fsspec/s3fs options for s3:// URLs.
+ARTIFACT_ENV_PREFIX = "OPTIMODEL_ARTIFACT_"
+"""Prefix of the artifact credential's variables: the operator passes the artifact Secret with
+``envFrom.prefix``, so its ``AWS_*`` keys arrive as ``OPTIMODEL_ARTIFACT_AWS_*`` and never mix
+with a model Secret's standard ones (with plain ``envFrom`` the last Secret wins on a duplicate
+key). Sources are read with the model's credential only, artifacts with the artifact one only."""
 
-    Credentials come from the standard AWS environment variables (a pod gets them from a Secret
-    reference); the endpoint of S3-compatible stores from ``AWS_ENDPOINT_URL_S3`` or
-    ``AWS_ENDPOINT_URL``. fsspec caches filesystems by constructor arguments, which do not
-    include environment credentials, so instances are never reused across credentials.
+
+def s3_options(*, artifacts: bool = False) -> dict:
+    """fsspec/s3fs options for s3:// URLs: model sources, or (``artifacts``) the artifact store.
+
+    Sources use the standard AWS environment variables (a pod gets them from the model's
+    ``credentialsSecret``). The artifact store uses the ``OPTIMODEL_ARTIFACT_``-prefixed ones when
+    present, explicitly, so no standard variable (the model's) can change which credential,
+    endpoint or region it is; without them (a local run, an ambient cloud identity) it falls back
+    to the standard variables. The endpoint of S3-compatible stores comes from
+    ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``. fsspec caches filesystems by constructor
+    arguments, which do not include environment credentials, so instances are never reused.
     """
+    prefixed = artifacts and bool(os.environ.get(ARTIFACT_ENV_PREFIX + "AWS_ACCESS_KEY_ID"))
+    prefix = ARTIFACT_ENV_PREFIX if prefixed else ""
+
+    def get(name: str) -> str | None:
+        return os.environ.get(prefix + name) or None
+
     options: dict = {"skip_instance_cache": True}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    client_kwargs: dict = {}
+    endpoint = get("AWS_ENDPOINT_URL_S3") or get("AWS_ENDPOINT_URL")
     if endpoint:
-        options["client_kwargs"] = {"endpoint_url": endpoint}
+        client_kwargs["endpoint_url"] = endpoint
+    if prefixed:
+        options.update(key=get("AWS_ACCESS_KEY_ID"), secret=get("AWS_SECRET_ACCESS_KEY"),
+                       token=get("AWS_SESSION_TOKEN"))
+        region = get("AWS_REGION") or get("AWS_DEFAULT_REGION")
+        if region:
+            client_kwargs["region_name"] = region
+        if not endpoint:  # botocore would otherwise take the model Secret's AWS_ENDPOINT_URL*
+            options["config_kwargs"] = {"ignore_configured_endpoint_urls": True}
+    if client_kwargs:
+        options["client_kwargs"] = client_kwargs
     return options

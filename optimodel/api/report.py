@@ -29,6 +29,7 @@ FailureReason = Literal[
     "OutputWriteFailed",
     "AccessDenied",
     "BuildKeyMismatch",
+    "CredentialsTooBroad",
     "Terminated",
     "InternalError",
 ]
@@ -46,6 +47,7 @@ EXIT_CODES: dict[str, int] = {
     "OutputWriteFailed": 18,
     "AccessDenied": 19,
     "BuildKeyMismatch": 20,
+    "CredentialsTooBroad": 21,
     "Terminated": 143,
     "InternalError": 1,
 }

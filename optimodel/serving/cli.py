@@ -122,6 +122,9 @@ def stage_main(argv: list[str]) -> int:
     parser.add_argument("--layout", choices=sorted(LAYOUT_DIRS), default="native",
                         help="native = repository/ (ONNX Runtime / TensorRT backend, GPU "
                              "instances); python = repository-python/ (CPU instances)")
+    parser.add_argument("--artifact-scope", default=None, metavar="URI",
+                        help="<root>/<namespace>/ the operator limits staging to: --from must lie "
+                             "inside it, and an s3:// credential that may list beyond it is refused")
     args = parser.parse_args(argv)
 
     from pydantic import ValidationError
@@ -136,7 +139,8 @@ def stage_main(argv: list[str]) -> int:
         return 2
     layout: Layout = args.layout
     try:
-        model_dir = stage_repository(args.source, args.dest, args.model_name, serving, layout)
+        model_dir = stage_repository(args.source, args.dest, args.model_name, serving, layout,
+                                     scope=args.artifact_scope)
     except (StageError, OSError) as exc:
         print(f"optimodel stage-repository: {exc}", file=sys.stderr)
         return 1

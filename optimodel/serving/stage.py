@@ -11,8 +11,9 @@ Sources (``--from``):
 - a local path or ``file://path``;
 - ``pvc://<claim>/<path>``: the claim mounted at ``$OPTIMODEL_PVC_ROOT/<claim>`` (default root
   ``/mnt/pvc``), which is how the operator mounts artifact PVCs;
-- ``s3://bucket/prefix`` (fsspec + s3fs; credentials from the standard AWS environment variables,
-  endpoint from ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` for S3-compatible stores);
+- ``s3://bucket/prefix`` (fsspec + s3fs; the artifact credentials: the artifact Secret's keys as
+  ``OPTIMODEL_ARTIFACT_AWS_*`` in a pod, else the standard AWS environment variables; see
+  ``optimodel.storage.s3_options``);
 - any other fsspec URL (``memory://`` is what the tests use).
 
 A source may be a build output directory (``report.json``, ``repository/``,
@@ -29,7 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from optimodel import storage
+from optimodel import artifacts, storage
 from optimodel.api.spec import Serving
 
 if TYPE_CHECKING:  # tritonclient's protobuf module is imported lazily (not in every image)
@@ -145,7 +146,7 @@ def _filesystem(uri: str):
         import fsspec
     except ImportError as exc:  # pragma: no cover - depends on the image
         raise StageError(f"{uri}: remote sources need fsspec (and s3fs for s3://)") from exc
-    options = storage.s3_options() if uri.startswith("s3://") else {}
+    options = storage.s3_options(artifacts=True) if uri.startswith("s3://") else {}
     fs, root = fsspec.core.url_to_fs(uri, **options)
     return fs, root.rstrip("/")
 
@@ -214,18 +215,36 @@ def _resolve_local(path: Path, model_name: str, layout: Layout) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
+def check_scope(uri: str, scope: str | None) -> None:
+    """Refuse a source outside ``scope`` (``<root>/<namespace>/``), and an ``s3://`` artifact
+    credential that may list beyond it (see ``optimodel.artifacts``). ``None``: no scope."""
+    if scope is None:
+        return
+    if not artifacts.in_scope(uri, scope):
+        raise StageError(f"{uri} is outside --artifact-scope {scope}")
+    if uri.startswith("s3://"):
+        fs, _ = _filesystem(scope)
+        try:
+            artifacts.check_scope(fs, scope)
+        except artifacts.CredentialTooBroad as exc:
+            raise StageError(f"CredentialsTooBroad: {exc}") from exc
+
+
 def stage_repository(uri: str, dest: str | os.PathLike[str], model_name: str,
-                     serving: Serving | None = None, layout: Layout = "native") -> Path:
+                     serving: Serving | None = None, layout: Layout = "native",
+                     scope: str | None = None) -> Path:
     """Copy the model from ``uri`` to ``dest/<model_name>/`` and apply ``serving`` to its config.
 
     Re-running (an init container restarts) replaces the previous copy; the new one is written
     next to it and renamed into place, so Triton never sees a half-copied model. Work folders a
     killed earlier run left behind are removed first: Triton runs with
     ``--model-control-mode=none`` and loads every folder of the repository, so a leftover would
-    stop it (``--exit-on-error``).
+    stop it (``--exit-on-error``). ``scope``: see ``check_scope``, which runs before anything is
+    read.
     """
     if layout not in LAYOUT_DIRS:
         raise StageError(f"unknown layout {layout!r} (native or python)")
+    check_scope(uri, scope)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     for leftover in dest.glob(".stage-*"):

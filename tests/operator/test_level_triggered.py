@@ -164,17 +164,57 @@ def test_summary_lost_with_its_pod_is_recovered_by_a_rerun(models, operator, nam
 
 
 def test_removed_fields_are_removed_from_children(models, operator, namespace):
-    """Server-side apply converges on removals: a credentials Secret the spec no longer names is
-    no longer mounted."""
-    spec = {**SPEC, "model": {**SPEC["model"], "credentialsSecret": "hub-token"}}
+    """Server-side apply converges on removals: a resource request the spec no longer names is
+    no longer requested, while what the operator itself sets stays."""
+    spec = {**SPEC, "serving": {**SPEC["serving"], "resources": {"ephemeral-storage": "2Gi"}}}
     build_and_serve(models, spec=spec)
-    def secrets():
-        stage = models.apps.read_namespaced_deployment("minilm", namespace).spec.template.spec.init_containers[0]
-        return [e.secret_ref.name for e in stage.env_from or []]
-    assert "hub-token" in secrets()
-    models.patch_spec("minilm", {"model": {"credentialsSecret": None}})
-    wait_for(lambda: "hub-token" not in secrets(), timeout=30, what="envFrom of hub-token removed")
-    assert "artifact-store" in secrets()  # the operator's own artifact credentials stay
+    def triton():
+        return models.apps.read_namespaced_deployment("minilm", namespace).spec.template.spec.containers[0]
+    assert triton().resources.requests.get("ephemeral-storage") == "2Gi"
+    models.patch_spec("minilm", {"serving": {"resources": None}})
+    wait_for(lambda: "ephemeral-storage" not in triton().resources.requests, timeout=30,
+             what="ephemeral-storage request removed")
+    assert "memory" in triton().resources.requests  # the operator's own requests stay
+    stage = models.apps.read_namespaced_deployment("minilm", namespace).spec.template.spec.init_containers[0]
+    assert [(e.prefix, e.secret_ref.name) for e in stage.env_from] == [("OPTIMODEL_ARTIFACT_", "artifact-store")]
+
+
+def test_triton_admin_key_secret_is_created_never_read_and_recreated(models, operator, namespace):
+    """The key of Triton's restricted endpoints: a random value in a Secret owned by the model,
+    referenced (not copied) by the Deployment. The operator, under the chart's RBAC (create on
+    Secrets, nothing else), never rewrites it, and creates a new one when it is gone."""
+    import base64
+
+    build_and_serve(models)
+    name = manifests.triton_admin_secret_name(manifests.ModelRef("minilm", namespace, "", None))
+    secret = models.core.read_namespaced_secret(name, namespace)
+    key = base64.b64decode(secret.data[manifests.ADMIN_KEY_SECRET_KEY]).decode()
+    assert len(key) >= 40
+    (owner,) = secret.metadata.owner_references
+    assert owner.kind == "OptimizedModel" and owner.uid == models.get("minilm")["metadata"]["uid"]
+    triton = models.apps.read_namespaced_deployment("minilm", namespace).spec.template.spec.containers[0]
+    (env,) = [e for e in triton.env if e.name == manifests.ADMIN_KEY_ENV]
+    assert env.value is None and env.value_from.secret_key_ref.name == name
+    assert not any(key in a for a in triton.args)
+
+    models.patch_spec("minilm", {"serving": {"resources": {"ephemeral-storage": "1Gi"}}})
+    wait_for(lambda: models.apps.read_namespaced_deployment("minilm", namespace).spec.template.spec
+             .containers[0].resources.requests.get("ephemeral-storage") == "1Gi", timeout=30, what="reconciled")
+    same = models.core.read_namespaced_secret(name, namespace)
+    assert same.metadata.resource_version == secret.metadata.resource_version  # never rewritten
+
+    models.core.delete_namespaced_secret(name, namespace)
+    models.patch_spec("minilm", {"serving": {"resources": {"ephemeral-storage": "2Gi"}}})
+
+    def recreated():
+        try:
+            return models.core.read_namespaced_secret(name, namespace)
+        except client.ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+    again = wait_for(recreated, timeout=30, what="admin key Secret recreated")
+    assert base64.b64decode(again.data[manifests.ADMIN_KEY_SECRET_KEY]).decode() != key
 
 
 def test_deletes_only_what_the_model_owns(models, operator, namespace):

@@ -91,8 +91,13 @@ def test_bad_settings_fail_loudly_naming_the_variable():
     ({"initContainerStatuses": [{"name": "stage-repository", "state": {"waiting": {
         "reason": "CrashLoopBackOff", "message": "back-off 5m0s"}}}]},
      "pod p container stage-repository: CrashLoopBackOff back-off 5m0s"),
+    ({"initContainerStatuses": [{"name": "stage-repository", "state": {"waiting": {
+        "reason": "CrashLoopBackOff", "message": "back-off 10s"}}, "lastState": {"terminated": {
+            "exitCode": 1, "message": "optimodel stage-repository: CredentialsTooBroad: ...\n"}}}]},
+     "pod p container stage-repository: CrashLoopBackOff back-off 10s; last exit: "
+     "optimodel stage-repository: CredentialsTooBroad: ..."),
     ({"containerStatuses": [{"name": "triton", "state": {"waiting": {"reason": "ContainerCreating"}}}]}, None),
     ({"phase": "Running"}, None),
-], ids=["unschedulable", "init-crashloop", "creating", "running"])
+], ids=["unschedulable", "init-crashloop", "crashloop-last-words", "creating", "running"])
 def test_pod_problem_explains_why_serving_is_not_ready(status, expected):
     assert pod_problem([{"metadata": {"name": "p"}, "status": status}]) == expected

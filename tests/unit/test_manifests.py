@@ -70,6 +70,7 @@ def test_builder_job_exact():
                         "imagePullPolicy": "IfNotPresent",
                         "command": ["optimodel"],
                         "args": ["build", "--spec-json", spec_json, "--build-key", KEY, "--output", output,
+                                 "--artifact-scope", "pvc://artifacts/builds/ml/",
                                  "--model-name", "minilm", "--termination-message-path", "/dev/termination-log"],
                         "env": [{"name": "OPTIMODEL_PVC_ROOT", "value": "/mnt/pvc"},
                                 {"name": "HOME", "value": "/tmp"}],
@@ -139,14 +140,16 @@ def test_triton_deployment_exact():
                         "imagePullPolicy": "IfNotPresent",
                         "command": ["optimodel"],
                         "args": ["stage-repository", "--from", ENGINE.uri, "--to", "/models",
-                                 "--model-name", "minilm", "--serving-json", serving_json, "--layout", "native"],
+                                 "--model-name", "minilm", "--serving-json", serving_json, "--layout", "native",
+                                 "--artifact-scope", "pvc://artifacts/builds/ml/"],
                         "env": [{"name": "OPTIMODEL_PVC_ROOT", "value": "/mnt/pvc"}, {"name": "HOME", "value": "/tmp"}],
                         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
                         "securityContext": CONTAINER_SECURITY,
+                        "terminationMessagePolicy": "FallbackToLogsOnError",
                         "volumeMounts": [{"name": "models", "mountPath": "/models"},
                                          {"name": "tmp", "mountPath": "/tmp"},
                                          {"name": "pvc-0", "mountPath": "/mnt/pvc/artifacts", "readOnly": True}],
-                        "envFrom": [{"secretRef": {"name": "hub"}}],
+                        # no envFrom: the model's Secret (hub) is for reading sources, which staging does not
                     }],
                     "containers": [{
                         "name": "triton",
@@ -157,8 +160,14 @@ def test_triton_deployment_exact():
                                  "--strict-readiness=true", "--exit-on-error=true",
                                  "--exit-timeout-secs=15",
                                  "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002",
-                                 "--allow-metrics=true"],
-                        "env": [{"name": "HOME", "value": "/tmp"}],
+                                 "--allow-metrics=true",
+                                 "--http-restricted-api=model-repository,logging,trace,shared-memory:"
+                                 "optimodel-admin-key=$(OPTIMODEL_TRITON_ADMIN_KEY)",
+                                 "--grpc-restricted-protocol=model-repository,logging,trace,shared-memory:"
+                                 "optimodel-admin-key=$(OPTIMODEL_TRITON_ADMIN_KEY)"],
+                        "env": [{"name": "HOME", "value": "/tmp"},
+                                {"name": "OPTIMODEL_TRITON_ADMIN_KEY", "valueFrom": {"secretKeyRef": {
+                                    "name": "minilm-triton-admin", "key": "key"}}}],
                         "ports": [{"name": "http", "containerPort": 8000, "protocol": "TCP"},
                                   {"name": "grpc", "containerPort": 8001, "protocol": "TCP"},
                                   {"name": "metrics", "containerPort": 8002, "protocol": "TCP"}],
@@ -181,6 +190,38 @@ def test_triton_deployment_exact():
             },
         },
     }
+
+
+def test_triton_admin_secret_exact():
+    assert m.triton_admin_secret(MODEL, "k3y") == {
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "minilm-triton-admin", "namespace": "ml", "labels": LABELS("server"),
+                     "ownerReferences": OWNER},
+        "stringData": {"key": "k3y"},
+    }
+
+
+def test_credentials_reach_only_the_side_that_uses_them():
+    """The artifact Secret arrives prefixed in builder and stager alike, so the model Secret's
+    standard AWS keys can never shadow it (or be shadowed); the model Secret only reaches the
+    builder, which reads the sources."""
+    settings = SETTINGS.model_copy(update={"artifact_root": "s3://store/opt",
+                                           "artifact_credentials_secret": "artifact-store"})
+    builder = m.builder_job(MODEL, KEY, settings)["spec"]["template"]["spec"]["containers"][0]
+    stage = m.triton_deployment(MODEL, ENGINE, settings)["spec"]["template"]["spec"]["initContainers"][0]
+    artifact = {"prefix": "OPTIMODEL_ARTIFACT_", "secretRef": {"name": "artifact-store"}}
+    assert builder["envFrom"] == [{"secretRef": {"name": "hub"}}, artifact]
+    assert stage["envFrom"] == [artifact]
+    for container in (builder, stage):
+        args = container["args"]
+        assert args[args.index("--artifact-scope") + 1] == "s3://store/opt/ml/"
+
+
+def test_shared_credentials_opt_in_drops_the_scope():
+    settings = SETTINGS.model_copy(update={"artifact_credentials_shared": True})
+    builder = m.builder_job(MODEL, KEY, settings)["spec"]["template"]["spec"]["containers"][0]
+    stage = m.triton_deployment(MODEL, ENGINE, settings)["spec"]["template"]["spec"]["initContainers"][0]
+    assert "--artifact-scope" not in builder["args"] and "--artifact-scope" not in stage["args"]
 
 
 @pytest.mark.parametrize("rollout,surge,unavailable", [("Surge", 1, 0), ("GPUFrugal", 0, 1)])
