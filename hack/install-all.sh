@@ -14,6 +14,7 @@ go_chain() {
   "$here/install-binaries.sh" >/dev/null
   "$here/install-minio.sh" >/dev/null
   "$here/install-autoscalers.sh" >/dev/null
+  "$here/install-argocd.sh" >/dev/null
 }
 python_chain() {
   "$here/python-env.sh" >"$logdir/venv"
@@ -27,7 +28,7 @@ go_pid=$!
 python_chain 2> >(sed 's/^/[py] /' >&2) &
 py_pid=$!
 status=0
-wait "$go_pid" || { echo "[install-all] the Go chain failed (binaries, MinIO, autoscalers)" >&2; status=1; }
+wait "$go_pid" || { echo "[install-all] the Go chain failed (binaries, MinIO, autoscalers, Argo CD)" >&2; status=1; }
 wait "$py_pid" || { echo "[install-all] the Python chain failed (venv, Prometheus, node packages, images)" >&2; status=1; }
 [ "$status" -eq 0 ] || exit 1
 cat "$logdir/venv"

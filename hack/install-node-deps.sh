@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install what a real node and the image builds need, from Debian's packages, pinned by version.
+# Install what a real node and the image builds need (and Redis, for Argo CD in tests/gitops),
+# from Debian's packages, pinned by version.
 #
 # Why Debian: no container registry or download site is reachable, but Debian's mirror is; its
 # containerd, runc and CNI plugins ran the first real pods here (shared/DESIGN.md section 8). The
@@ -18,9 +19,10 @@ PINS=(
   "conntrack=1:1.4.7*"
   "buildah=1.28.2*"
   "debootstrap=1.0.128*"
+  "redis-server=5:7.0.15*"   # Argo CD's cache (tests/gitops)
 )
 
-installed_version() { dpkg-query -W -f='${Status} ${Version}' "$1" 2>/dev/null | awk '/install ok installed/{print $4}'; }
+installed_version() { { dpkg-query -W -f='${Status} ${Version}' "$1" 2>/dev/null || true; } | awk '/install ok installed/{print $4}'; }
 
 missing=()
 for pin in "${PINS[@]}"; do
