@@ -17,13 +17,53 @@ THREADS_ENV = "OPTIMODEL_THREADS"
 
 
 def cpu_threads() -> int:
-    """Cores this process may use (cgroup/affinity aware), or ``$OPTIMODEL_THREADS``."""
+    """Cores this process may use, or ``$OPTIMODEL_THREADS``: the CPUs it may run on (affinity,
+    cpusets), capped by the cgroup's CPU quota (a pod's CPU limit), rounded down, at least 1.
+
+    The cap matters: a pod limited to 4 CPUs on a 64-core node sees 64 CPUs in its affinity
+    mask, and 64 threads under a 4-CPU quota are throttled, which makes every timing (and so
+    the candidate the build selects) a measure of the throttling.
+    """
     if os.environ.get(THREADS_ENV):
         return max(1, int(os.environ[THREADS_ENV]))
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(_read(CGROUP2_CPU_MAX), _read(CGROUP1_CFS_QUOTA), _read(CGROUP1_CFS_PERIOD))
+    if quota is not None:
+        cpus = min(cpus, int(quota))
+    return max(1, cpus)
+
+
+CGROUP2_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+CGROUP1_CFS_QUOTA = "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"
+CGROUP1_CFS_PERIOD = "/sys/fs/cgroup/cpu/cpu.cfs_period_us"
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
+def cgroup_cpu_quota(cpu_max: str | None, cfs_quota_us: str | None, cfs_period_us: str | None) -> float | None:
+    """CPUs the cgroup's quota allows (quota / period), or None without a quota.
+
+    ``cpu_max`` is cgroup v2's ``cpu.max`` (``"max 100000"`` or ``"250000 100000"``); the other
+    two are cgroup v1's ``cpu.cfs_quota_us`` (``-1`` = none) and ``cpu.cfs_period_us``.
+    """
+    try:
+        if cpu_max:
+            quota, _, period = cpu_max.partition(" ")
+            return None if quota == "max" else int(quota) / int(period or 100000)
+        if cfs_quota_us and int(cfs_quota_us) > 0 and cfs_period_us:
+            return int(cfs_quota_us) / int(cfs_period_us)
+    except ValueError:
+        return None
+    return None
 
 
 @functools.lru_cache(maxsize=1)

@@ -99,6 +99,9 @@ class Build:
         versions = hardware.versions()
         versions["cpu"] = hardware.cpu_name()
         versions["threads"] = str(self.opts.threads)
+        # FP32 math is full FP32 on both sides of every comparison: the PyTorch baseline turns
+        # TF32 off in cuBLAS/cuDNN and TensorRT engines are built without it (CPU has none).
+        versions["tf32"] = "off (baseline and engines)"
         return BuildReport(
             builder_version=BUILDER_VERSION, build_key=self.key, succeeded=error is None,
             reason=error.reason if error else None, message=error.message if error else None,

@@ -2,7 +2,7 @@
 
 Written against the TensorRT >= 10 Python API. Precision comes from the graph (strongly typed
 network): FP16/BF16 graphs are converted ONNX, INT8/FP8 graphs carry explicit Q/DQ nodes, so no
-precision flags are set. One optimization profile spans batch 1..maxBatchSize (opt = the
+precision flags are set; TF32 is cleared, as in the PyTorch baseline, so FP32 means FP32. One optimization profile spans batch 1..maxBatchSize (opt = the
 headline batch) and, for text models, sequence 1..max (opt = the benchmark length). A timing
 cache in the work directory makes rebuilds of sibling candidates faster. Engines only load on
 the GPU architecture and TensorRT version they were built with; both go into the report.
@@ -50,6 +50,10 @@ def build_engine(onnx_path: Path, plan_path: Path, inputs: list[TensorInfo], *, 
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+    # TF32 parity with the baseline (runners.TorchRunner turns it off in cuBLAS/cuDNN): TensorRT
+    # enables TF32 for FP32 tensors by default, which would make a "tensorrt-fp32" speedup partly
+    # a TF32-versus-FP32 one. The report states it (versions["tf32"]).
+    config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
     for info in inputs:
         lo, opt, hi = [1], [opt_batch], [max_batch]

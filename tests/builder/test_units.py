@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testcluster import need_module
 
 from optimodel.api.key import build_key
 from optimodel.api.report import (AccuracyResult, BuildReport, BuildSummary, Candidate, LatencyStats,
                                   PerformanceProfile)
 from optimodel.api.spec import BuildSpec
-from optimodel.builder import benchmark, sources, verify
+from optimodel.builder import benchmark, hardware, sources, verify
 from optimodel.builder.errors import BuildError, classify
 
 
@@ -80,7 +81,7 @@ def test_select_breaks_near_ties_by_accuracy(tmp_path):
 
 
 def test_bf16_bits_match_torch_rounding():
-    torch = pytest.importorskip("torch")
+    torch = need_module("torch")
     from optimodel.builder.compress import fp32_to_bf16_bits
 
     x = np.random.default_rng(0).standard_normal(1000).astype(np.float32) * 100
@@ -105,7 +106,7 @@ def test_bf16_graph_is_typed_bf16_with_fp32_io(cnn, tmp_path):
 
 
 def test_two_four_mask():
-    torch = pytest.importorskip("torch")
+    torch = need_module("torch")
     from optimodel.builder.prune import mask_2_4
 
     w = torch.tensor([[4.0, -3.0, 1.0, 0.5, 0.1, 0.2, -0.3, 0.05]])
@@ -287,3 +288,31 @@ def test_access_denial_tells_refused_credentials_from_missing_objects():
         assert access_denial(store_error(code, status)) is None, code
     assert access_denial(PermissionError(13, "Permission denied", "/local/file")) is None
     assert access_denial(ValueError("boom")) is None
+
+
+@pytest.mark.parametrize("cpu_max,quota,period,cores", [
+    ("max 100000", None, None, None),          # cgroup v2, no limit
+    ("250000 100000", None, None, 2.5),        # a pod limited to 2500m
+    ("50000 100000", None, None, 0.5),
+    (None, "-1", "100000", None),              # cgroup v1, no limit
+    (None, "400000", "100000", 4.0),
+    (None, None, None, None),                  # no cgroup files (not Linux, or unmounted)
+    ("garbage", None, None, None),
+])
+def test_cgroup_cpu_quota(cpu_max, quota, period, cores):
+    assert hardware.cgroup_cpu_quota(cpu_max, quota, period) == cores
+
+
+def test_cpu_threads_respects_the_quota(monkeypatch):
+    """A CPU limit below the visible CPUs caps the threads; rounding down, never below one."""
+    monkeypatch.delenv(hardware.THREADS_ENV, raising=False)
+    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: set(range(64)))
+    files = {hardware.CGROUP2_CPU_MAX: "250000 100000"}
+    monkeypatch.setattr(hardware, "_read", files.get)
+    assert hardware.cpu_threads() == 2
+    files[hardware.CGROUP2_CPU_MAX] = "50000 100000"
+    assert hardware.cpu_threads() == 1
+    files[hardware.CGROUP2_CPU_MAX] = "max 100000"
+    assert hardware.cpu_threads() == 64
+    monkeypatch.setenv(hardware.THREADS_ENV, "3")
+    assert hardware.cpu_threads() == 3

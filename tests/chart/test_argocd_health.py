@@ -11,8 +11,9 @@ from __future__ import annotations
 import pytest
 import yaml
 from chart import CHART, REPO
+from testcluster import need_module
 
-lupa = pytest.importorskip("lupa")
+lupa = need_module("lupa", "lupa (a real Lua runtime, test extra)")
 
 SCRIPT = (CHART / "argocd" / "health.lua").read_text()
 KEY = "resource.customizations.health.optimodel.dev_OptimizedModel"

