@@ -42,11 +42,11 @@ def argocd(gitops_cluster):
         unavailable("redis-server (run hack/install-node-deps.sh)", "not on PATH")
     workdir = Path(tempfile.mkdtemp(prefix="optimodel-argocd-"))
     cd = ArgoCD(bin_dir, gitops_cluster.kubeconfig, gitops_cluster.kubectl, workdir, helm_binary().parent)
-    cd.install()
-    cd.start()
     try:
+        cd.install()
+        cd.start()
         yield cd
-    finally:
+    finally:  # also when install or start failed: nothing is left behind
         cd.stop()
         for name in cd.processes:
             print(f"--- {name} log tail ---\n{cd.log_tail(name)}")  # shown on failure

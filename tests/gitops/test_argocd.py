@@ -162,9 +162,13 @@ def test_first_sync_goes_progressing_then_healthy(stack, models):
     wait_for(lambda: sync_status(cd.app("models")) == "Synced", timeout=180, interval=1,
              what="Application models Synced")
     assert synced_revision(cd.app("models")) == sha
-    optimodel_synced_at = cd.app("optimodel")["status"]["operationState"]["finishedAt"]
-    models_started_at = cd.app("models")["status"]["operationState"]["startedAt"]
-    assert models_started_at >= optimodel_synced_at, "the models synced before the chart was done"
+    # Wave order: the models' first sync (Argo CD's history) began only once the chart was
+    # Healthy, i.e. after its operator Deployment became Available (and so after the CRD).
+    available_at = next(c["lastTransitionTime"] for c in operator_pod.deployment()["status"]["conditions"]
+                        if c["type"] == "Available" and c["status"] == "True")
+    models_started_at = cd.app("models")["status"]["history"][0]["deployStartedAt"]
+    assert models_started_at >= available_at, ("the models synced before the chart was Healthy",
+                                               models_started_at, available_at)
 
     # Progressing while the engines build (the test plays the builder pods' kubelet) ...
     models.wait_job(count=len(MODEL_SPECS), timeout=60)
@@ -184,6 +188,8 @@ def test_first_sync_goes_progressing_then_healthy(stack, models):
     assert sync_status(cd.app("models")) == "Synced"
     assert health(cd.app("root")) == "Healthy" and sync_status(cd.app("root")) == "Synced"
     print("first sync, health seen:", Scenario.observed_health)
+    print("first sync, syncs in history:", {a: len(cd.app(a)["status"].get("history") or [])
+                                            for a in ("root", "optimodel", "models")})
 
 
 def test_failing_build_is_degraded_and_the_old_engine_keeps_serving(stack, models):
