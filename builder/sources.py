@@ -263,13 +263,10 @@ def check_artifact_scope(output_uri: str, scope: str | None) -> None:
     """
     if scope is None:
         return
-    if not artifacts.in_scope(output_uri, scope):
-        raise BuildError("InvalidSpec", f"--output {output_uri} is outside --artifact-scope {scope}")
-    if not scope.startswith("s3://"):
-        return  # a pvc:// claim belongs to the namespace already
     try:
-        fs, _ = _filesystem(scope, artifacts=True)
-        artifacts.check_scope(fs, scope)
+        artifacts.enforce_scope(output_uri, scope, lambda uri: _filesystem(uri, artifacts=True)[0])
+    except artifacts.OutsideScope as exc:
+        raise BuildError("InvalidSpec", f"--output {exc}") from exc
     except artifacts.CredentialTooBroad as exc:
         raise BuildError("CredentialsTooBroad", str(exc)) from exc
     except Exception as exc:

@@ -25,6 +25,7 @@ command alike.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 SCOPE_ARG = "--artifact-scope"
@@ -32,6 +33,10 @@ SCOPE_ARG = "--artifact-scope"
 
 class CredentialTooBroad(Exception):
     """The artifact credential can list beyond its namespace's scope (see the module docstring)."""
+
+
+class OutsideScope(ValueError):
+    """A location outside the scope the operator allows."""
 
 
 def namespace_scope(root: str, namespace: str) -> str:
@@ -107,3 +112,14 @@ def check_scope(s3fs_filesystem: Any, scope: str) -> None:
         f"limited to {scope} (its namespace's folder). Give this namespace its own credential with "
         f"the policy `optimodel artifact-policy {scope}` prints, or, on a single-tenant cluster, "
         "opt into one shared credential with the chart value artifacts.sharedCredentials=true")
+
+
+def enforce_scope(uri: str, scope: str, open_s3: Callable[[str], Any]) -> None:
+    """What the builder and the stager check before reading anything: ``uri`` lies inside
+    ``scope`` (else ``OutsideScope``) and, for ``s3://``, the credential ``open_s3(scope)``
+    opens with may not list beyond it (else ``CredentialTooBroad``). Each caller maps the two
+    to its own error (a build failure reason, a staging error)."""
+    if not in_scope(uri, scope):
+        raise OutsideScope(f"{uri} is outside --artifact-scope {scope}")
+    if scope.startswith("s3://"):
+        check_scope(open_s3(scope), scope)

@@ -225,14 +225,12 @@ def check_scope(uri: str, scope: str | None) -> None:
     credential that may list beyond it (see ``optimodel.artifacts``). ``None``: no scope."""
     if scope is None:
         return
-    if not artifacts.in_scope(uri, scope):
-        raise StageError(f"{uri} is outside --artifact-scope {scope}")
-    if uri.startswith("s3://"):
-        fs, _ = _filesystem(scope)
-        try:
-            artifacts.check_scope(fs, scope)
-        except artifacts.CredentialTooBroad as exc:
-            raise StageError(f"CredentialsTooBroad: {exc}") from exc
+    try:
+        artifacts.enforce_scope(uri, scope, lambda u: _filesystem(u)[0])
+    except artifacts.OutsideScope as exc:
+        raise StageError(str(exc)) from exc
+    except artifacts.CredentialTooBroad as exc:
+        raise StageError(f"CredentialsTooBroad: {exc}") from exc
 
 
 def stage_repository(uri: str, dest: str | os.PathLike[str], model_name: str,

@@ -69,7 +69,7 @@ class OperatorPod:
     def __init__(self, cluster: Cluster, workdir: Path):
         self.cluster, self.workdir = cluster, workdir
         self.process: OperatorProcess | None = None
-        self.template_hash = ""
+        self.template_seen = ""
 
     def deployment(self) -> dict:
         import json
@@ -87,7 +87,7 @@ class OperatorPod:
         """Start (or restart, if the template changed) the operator as the Deployment says."""
         deployment = self.deployment()
         template = repr(deployment["spec"]["template"])
-        if self.process and template == self.template_hash:
+        if self.process and template == self.template_seen:
             return
         self.stop()
         sa = deployment["spec"]["template"]["spec"]["serviceAccountName"]
@@ -95,7 +95,7 @@ class OperatorPod:
                                       self.workdir / "operator.kubeconfig")
         self.process = OperatorProcess(kubeconfig, self.env(deployment), self.workdir / "operator.log")
         self.process.start()
-        self.template_hash = template
+        self.template_seen = template
 
     def stop(self) -> None:
         if self.process:

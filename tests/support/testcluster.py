@@ -65,13 +65,14 @@ def make_namespace(cluster: Cluster) -> str:
     return name
 
 
-def unavailable(what: str, err: object) -> None:
+def unavailable(what: str, err: object = None) -> None:
     """A missing prerequisite: a failure in CI (a green run must mean the tier ran), else a skip."""
     import pytest
 
+    detail = f": {err}" if err else ""
     if IN_CI:
-        pytest.fail(f"{what} unavailable in CI: {err}")
-    pytest.skip(f"{what} unavailable: {err}", allow_module_level=True)  # also from a module's top
+        pytest.fail(f"{what} unavailable in CI{detail}")
+    pytest.skip(f"{what} unavailable{detail}", allow_module_level=True)  # also from a module's top
 
 
 def need_module(module: str, what: str = ""):
