@@ -452,9 +452,11 @@ def down(state_dir: Path, keep_logs: bool = False) -> None:
                 # SIGKILL is delivered asynchronously: return only once the process is gone, or
                 # a caller may find it still running (seen with a kube-apiserver that had not
                 # finished its graceful shutdown in 15 s on a loaded 2-core machine).
-                killed = time.monotonic() + 5
+                killed = time.monotonic() + 10
                 while realnode.process_alive(pid) and time.monotonic() < killed:
                     time.sleep(0.05)
+                if realnode.process_alive(pid):
+                    log(f"{name} (pid {pid}) still running 10 s after SIGKILL")
     if keep_logs:
         for sub in ("etcd", "pki", "cluster.json"):
             p = state_dir / sub

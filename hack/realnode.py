@@ -447,19 +447,32 @@ def _remove_all_containers(state_dir: Path) -> None:
 
 
 def process_alive(pid: int | None) -> bool:
-    """Running (a zombie, ours to reap or not, counts as ended)."""
+    """Running, in any of its threads.
+
+    A zombie counts as ended, but only once every thread has exited: after SIGKILL or exit_group
+    a multi-threaded process (every Go binary here) shows its leader as "Z" while its other threads
+    are still tearing down, and until then it can neither be reaped nor free its ports. Reading only
+    the leader's state once let ``down`` return with a kube-apiserver still alive (seen in CI).
+    """
     if not pid:
         return False
     try:
-        if os.waitpid(pid, os.WNOHANG) != (0, 0):
-            return False  # our child, just reaped
+        # Our child: waitpid is the authority. (0, 0) means some thread is still running.
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
     except ChildProcessError:
-        pass
+        pass  # not our child (or already reaped): ask /proc about each thread
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
         return False
-    return state != "Z"
+    for task in tasks:
+        try:
+            state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue  # that thread just went away
+        if state not in ("Z", "X"):
+            return True
+    return False
 
 
 def _terminate(pid: int | None, timeout: float = 15) -> None:
