@@ -114,7 +114,7 @@ def measure(name, module, inputs, samples_fn, batches, work: Path, cfg, max_batc
     held = SampleSet(samples_fn(64), "synthetic")
     outputs = [TensorInfo("output", "FP32", (-1, 1000) if seq_len is None else (-1, -1, 768))]
     model = LoadedModel(format="torchscript", path=work, inputs=inputs, outputs=outputs,
-                        primary_outputs=["output"], baseline_runtime="pytorch-eager-fp32",
+                        baseline_runtime="pytorch-eager-fp32",
                         module=module, export_module=export_module or module, seq_len=seq_len,
                         max_seq_len=seq_len)
     onnx_path = export_onnx(model, held.batch(2), work / f"{name}.onnx")

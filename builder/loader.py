@@ -46,7 +46,6 @@ class LoadedModel:
     path: Path
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
-    primary_outputs: list[str]
     baseline_runtime: str
     module: Any = None
     export_module: Any = None
@@ -153,7 +152,7 @@ def _load_onnx(source: ModelSource, path: Path, work: Path) -> LoadedModel:
                                  "(batch may stay -1)")
     return LoadedModel(
         format="onnx", path=path, inputs=inputs, outputs=outputs,
-        primary_outputs=[o.name for o in outputs], baseline_runtime="onnxruntime-fp32",
+        baseline_runtime="onnxruntime-fp32",
         onnx_path=model_path, tokenizer=tokenizer, seq_len=seq_len, max_seq_len=seq_len,
         transformer=_transformer_info(config),
     )
@@ -236,7 +235,7 @@ def _load_torchscript(source: ModelSource, path: Path) -> LoadedModel:
     outputs = _describe_outputs(result)
     return LoadedModel(
         format="torchscript", path=path, inputs=inputs, outputs=outputs,
-        primary_outputs=[o.name for o in outputs], baseline_runtime="pytorch-eager-fp32",
+        baseline_runtime="pytorch-eager-fp32",
         # A second copy for export, so pruning never touches the baseline.
         module=module, export_module=torch.jit.load(str(file), map_location="cpu").eval(),
     )
@@ -325,7 +324,7 @@ def _load_huggingface(source: ModelSource, path: Path) -> LoadedModel:
                TensorInfo("sentence_embedding", "FP32", (-1, hidden or -1))]
     return LoadedModel(
         format="huggingface", path=path, inputs=inputs, outputs=outputs,
-        primary_outputs=["sentence_embedding"], baseline_runtime="pytorch-eager-fp32",
+        baseline_runtime="pytorch-eager-fp32",
         module=SentenceEncoder(model, names, pooling, normalize),
         export_module=SentenceEncoder(export_model, names, pooling, normalize),
         tokenizer=tokenizer, seq_len=seq_len, max_seq_len=limit,

@@ -1,5 +1,8 @@
-"""The build pipeline: fetch -> load -> prune -> export -> candidates -> compile -> verify ->
-benchmark -> select -> write.
+"""The build pipeline: fetch -> load -> calibration data -> evaluation sets -> reference -> prune ->
+export -> candidates -> compile -> verify -> benchmark -> select -> report accuracy -> write.
+
+What the candidates are is the table in ``recipes.py``; which one ships is ``selection.py``;
+which samples each number comes from is ``samples.evaluation_sets``.
 
 Each step runs through ``StepRunner`` (typed OK / FAIL / SKIPPED result, timing, progress log).
 Candidate-level problems (a precision the runtime cannot run, a graph TensorRT cannot parse)
@@ -19,18 +22,16 @@ from pathlib import Path
 import numpy as np
 
 from optimodel.api.key import BUILDER_VERSION
-from optimodel.api.report import BuildReport, Candidate, EngineInfo, PerformanceProfile
+from optimodel.api.report import AccuracyResult, BuildReport, Candidate, EngineInfo, PerformanceProfile
 from optimodel.api.spec import BuildSpec
-from optimodel.builder import benchmark, compress, hardware, samples, sources, triton_repo, verify
+from optimodel.builder import (benchmark, compress, hardware, recipes, samples, selection, sources,
+                               triton_repo, verify)
 from optimodel.builder.errors import BuildError, wrap
 from optimodel.builder.loader import LoadedModel, load
 from optimodel.builder.runners import OrtRunner, Runner, TorchRunner, ort_error_reason
 from optimodel.builder.steps import Skip, StepRunner
 
 log = logging.getLogger("optimodel.builder")
-
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
-TIE = 0.05  # throughputs within 5% of the fastest count as equal; accuracy breaks the tie
 
 
 @dataclass
@@ -87,9 +88,12 @@ class Build:
         self.target = "onnxruntime"
         self.device = "cpu"
         self.selected: Variant | None = None
+        self.ranked: list[Variant] = []  # passing candidates, most preferred first
         self.source_runner: Runner | None = None
         self.sparse = False  # 2:4-pruned: TensorRT may use sparse tensor cores
-        self.reference: dict[str, np.ndarray] = {}
+        self.reference: dict[str, np.ndarray] = {}  # source outputs on the selection set
+        self.report_reference: dict[str, np.ndarray] = {}  # ... and on the report set
+        self.report_accuracy: AccuracyResult | None = None  # the selected engine on the report set
 
     # ------------------------------------------------------------------ report
 
@@ -108,7 +112,7 @@ class Build:
             engine=self._engine_info() if sel and error is None else None,
             baseline=self.baseline, candidates=[v.candidate for v in self.variants],
             selected=sel.candidate.name if sel else None, speedup=speedup,
-            accuracy=sel.candidate.accuracy if sel else None,
+            accuracy=self.report_accuracy if error is None else None,
             calibration_source=self.calibration_source, versions=versions,
             steps=self.steps.timings, warnings=self.warnings,
         )
@@ -142,21 +146,26 @@ class Build:
         source = self.steps.run("fetch", self._fetch, lambda p: str(p)).value
         model: LoadedModel = self.steps.run("load", lambda: self._load(source), self._describe_model).value
         calib = self.steps.run("calibration-data", lambda: self._calibration(model), self._describe_feeds).value
-        held_out = self.steps.run("held-out-samples", lambda: self._held_out(model, calib),
-                                  lambda s: f"{s.count} samples ({s.source})").value
-        baseline = self.steps.run("reference", lambda: self._reference(model, held_out),
+        sets = self.steps.run("evaluation-sets", lambda: self._evaluation_sets(model, calib),
+                              self._describe_sets).value
+        held_out = sets.selection  # what candidates are gated, chosen and timed on
+        baseline = self.steps.run("reference", lambda: self._reference(model, sets),
                                   lambda r: r.runtime).value
         self.steps.run("prune", lambda: self._prune(model), lambda detail: detail)
         exported = self.steps.run("export-onnx", lambda: self._export(model, held_out))
         graph = exported.value if exported.ok else model.onnx_path
         assert graph is not None
-        self.steps.run("candidates", lambda: self._candidates(model, graph, calib), self._describe_variants)
+        self.steps.run("candidates", lambda: self._candidates(model, graph, sets.calibration),
+                       self._describe_variants)
         self.steps.run("compile", lambda: self._compile(model), self._describe_variants)
-        self.steps.run("verify", lambda: self._verify(model, held_out), self._describe_accuracy)
+        self.steps.run("verify", lambda: self._verify(held_out), self._describe_accuracy)
         sweep, headline = self._sweep()
         self.steps.run("benchmark", lambda: self._benchmark(baseline, held_out, sweep, headline),
                        lambda _: f"batch sizes {sweep}, headline batch {headline}")
         self.steps.run("select", self._select, lambda v: v.candidate.name)
+        self.steps.run("report-accuracy", lambda: self._report_accuracy(sets.report),
+                       lambda r: f"{self.selected.candidate.name}: {r.metric} {r.value:.4f} on {r.samples} "
+                                 f"{r.source} samples")
         self.steps.run("write", lambda: self._write(model, held_out), lambda _: self.opts.output)
         return self.report()
 
@@ -259,25 +268,33 @@ class Build:
         n = len(next(iter(feeds.values())))
         return f"{n} samples"
 
-    def _held_out(self, model: LoadedModel, calib) -> samples.SampleSet:
-        from_uri = calib if self.calibration_source == "uri" else None
-        held, warnings = samples.held_out(model, from_uri, self.opts.quick)
-        self.warnings.extend(warnings)
-        return held
+    def _evaluation_sets(self, model: LoadedModel, calib) -> samples.EvaluationSets:
+        sets = samples.evaluation_sets(model, calib, from_user=self.calibration_source == "uri",
+                                       quick=self.opts.quick)
+        self.warnings.extend(sets.warnings)
+        return sets
 
-    def _reference(self, model: LoadedModel, held: samples.SampleSet) -> Runner:
+    @staticmethod
+    def _describe_sets(sets: samples.EvaluationSets) -> str:
+        cal = len(next(iter(sets.calibration.values()))) if sets.calibration else 0
+        return (f"calibration {cal}, selection {sets.selection.count} ({sets.selection.source}), "
+                f"report {sets.report.count} ({sets.report.source})")
+
+    def _reference(self, model: LoadedModel, sets: samples.EvaluationSets) -> Runner:
+        """The source model's outputs on the selection and report sets (and the baseline runner)."""
         if model.format == "onnx":
             runner = self.source_runner
         else:
             runner = TorchRunner(model.module, [i.name for i in model.inputs],
                                  [o.name for o in model.outputs], self._device_label())
         try:
-            self.reference = self._run_all(runner, held)
+            self.reference = self._run_all(runner, sets.selection)
+            self.report_reference = self._run_all(runner, sets.report)
         except BuildError:
             raise
         except Exception as exc:
             reason = ort_error_reason(exc) if model.format == "onnx" else "ModelLoadFailed"
-            raise wrap(reason, f"the source model fails on the held-out samples: "
+            raise wrap(reason, f"the source model fails on the evaluation samples: "
                              f"{type(exc).__name__}: {str(exc)[:500]}", exc) from exc
         return runner
 
@@ -316,113 +333,44 @@ class Build:
 
     # ------------------------------------------------------------------ candidates
 
-    def _plan(self) -> list[tuple[str, str]]:
-        """(candidate name, precision) pairs for the target, in the spec's precision scope."""
-        if self.target == "tensorrt":
-            plan = [("tensorrt-fp32", "fp32"), ("tensorrt-fp16", "fp16"), ("tensorrt-bf16", "bf16"),
-                    ("tensorrt-int8-qdq", "int8"), ("tensorrt-fp8-qdq", "fp8")]
-        else:
-            plan = [("onnxruntime-fp32", "fp32"), ("onnxruntime-fp16", "fp16"),
-                    ("onnxruntime-bf16", "bf16"), ("onnxruntime-int8-dynamic", "int8"),
-                    ("onnxruntime-int8-dynamic-mixed", "int8"), ("onnxruntime-int8-smoothquant", "int8"),
-                    ("onnxruntime-int8-qdq", "int8"), ("onnxruntime-fp8", "fp8")]
-        if self.opt.precision != "auto":
-            plan = [p for p in plan if p[1] == self.opt.precision]
-        return plan
+    def _conditions(self, has_calibration: bool) -> recipes.Conditions:
+        gpu = hardware.gpu() if self.target == "tensorrt" else None
+        return recipes.Conditions(target=self.target, auto=self.opt.precision == "auto",
+                                  on_cpu=not self.device.startswith("cuda"), has_calibration=has_calibration,
+                                  compute_capability=float(gpu.compute_capability) if gpu else None)
 
     def _candidates(self, model: LoadedModel, graph: Path, calib) -> list[Variant]:
+        """One variant per row of ``recipes.plan``: made, skipped (with why) or failed (with why)."""
         out = self.work / "candidates"
         out.mkdir(parents=True, exist_ok=True)
-        base = graph
-        fusion_note = None
+        base, base_note = graph, None
         if self.target == "onnxruntime" and model.transformer:
             base, stats = compress.fuse_transformer(graph, out / "fused-fp32.onnx", model.transformer,
                                                     use_gpu=self.device.startswith("cuda"))
-            fusion_note = ("transformer fusion: " + ", ".join(f"{k} x{v}" for k, v in sorted(stats.items()))
-                           if stats else "transformer fusion found nothing to fuse")
-        cal_feeds = samples.calibration_tensors_for(calib, model) if calib is not None else None
-        auto = self.opt.precision == "auto"
-        on_cpu = not self.device.startswith("cuda")
-        for name, precision in self._plan():
-            variant = Variant(Candidate(name=name, precision=precision, target=self.target, status="OK"))
+            base_note = ("transformer fusion: " + ", ".join(f"{k} x{v}" for k, v in sorted(stats.items()))
+                         if stats else "transformer fusion found nothing to fuse")
+        cal_feeds = calib
+        inputs = recipes.Inputs(graph=graph, base=base, calibration=cal_feeds, threads=self.opts.threads,
+                                base_note=base_note)
+        cond = self._conditions(cal_feeds is not None)
+        for recipe in recipes.plan(self.target, self.opt.precision):
+            variant = Variant(Candidate(name=recipe.name, precision=recipe.precision, target=self.target,
+                                        status="OK"))
             self.variants.append(variant)
-            path = out / f"{name}.onnx"
             try:
-                if precision == "fp32":
-                    variant.graph = base
-                    variant.candidate.reason = fusion_note
-                elif precision == "fp16":
-                    if self.target == "onnxruntime" and on_cpu and auto:
-                        raise Skip("ONNX Runtime's CPU provider has almost no FP16 kernels: the graph "
-                                   "would run as casts around FP32 kernels (ask for precision fp16 to "
-                                   "build it anyway)")
-                    variant.graph = compress.to_fp16(base, path)
-                elif precision == "bf16":
-                    if self.target == "onnxruntime" and auto:
-                        raise Skip("ONNX Runtime has BF16 kernels for few ops (ask for precision bf16 "
-                                   "to try anyway)")
-                    gpu = hardware.gpu()
-                    if self.target == "tensorrt" and gpu and float(gpu.compute_capability) < 8.0:
-                        raise Skip(f"BF16 needs compute capability 8.0+, this GPU is {gpu.compute_capability}")
-                    variant.graph = compress.to_bf16(base, path)
-                elif name.startswith("onnxruntime-int8-") and name != "onnxruntime-int8-qdq":
-                    if not on_cpu:
-                        raise Skip("dynamic INT8 kernels are CPU-only in ONNX Runtime")
-                    variant.graph = self._dynamic_int8(name, base, path, cal_feeds)
-                elif precision == "int8":
-                    if cal_feeds is None:
-                        raise Skip("static INT8 (Q/DQ) needs calibration data: calibration.uri, or "
-                                   "calibration.synthetic: true")
-                    variant.graph = compress.quantize_int8_static(
-                        graph if self.target == "tensorrt" else base, path, cal_feeds,
-                        for_tensorrt=self.target == "tensorrt")
-                elif precision == "fp8":
-                    if self.target != "tensorrt":
-                        raise Skip("ONNX Runtime has no FP8 kernels: FP8 needs TensorRT on a GPU")
-                    gpu = hardware.gpu()
-                    if gpu and float(gpu.compute_capability) < 8.9:
-                        raise Skip(f"FP8 needs compute capability 8.9+ (Ada/Hopper), this GPU is "
-                                   f"{gpu.compute_capability}")
-                    if cal_feeds is None:
-                        raise Skip("FP8 (Q/DQ) needs calibration data")
-                    variant.graph = compress.quantize_fp8(graph, path, cal_feeds)
+                why_not = recipe.skip_reason(cond)
+                if why_not:
+                    raise Skip(why_not)
+                variant.graph, variant.candidate.reason = recipe.make(inputs, out / f"{recipe.name}.onnx")
             except Skip as skip:
                 _skip(variant, str(skip))
             except BuildError as exc:
-                if exc.reason == "CalibrationFailed" and not auto:
+                if exc.reason == "CalibrationFailed" and not cond.auto:
                     raise
                 _fail(variant, exc.message)
             except Exception as exc:
                 _fail(variant, f"{type(exc).__name__}: {exc}")
         return self.variants
-
-    def _dynamic_int8(self, name: str, base: Path, path: Path, cal_feeds) -> Path:
-        """The three dynamic-INT8 flavours: everything, FFN down-projections in FP32, smoothed."""
-        targets = compress.dynamic_int8_targets(base)
-        if not targets:
-            raise Skip("no MatMul with constant weights to quantize dynamically (convolutions "
-                       "need static INT8 with calibration data)")
-        if name == "onnxruntime-int8-dynamic":
-            return compress.quantize_int8_dynamic(base, path)
-        if name == "onnxruntime-int8-dynamic-mixed":
-            keep = compress.activation_fed_matmuls(base)
-            if not keep or not set(targets) - set(keep):
-                raise Skip("no activation-fed matrix products (FFN down-projections) to keep in FP32 "
-                           "while quantizing the rest")
-            self._note(name, f"{len(keep)} FFN down-projections kept in FP32")
-            return compress.quantize_int8_dynamic(base, path, exclude=keep)
-        if cal_feeds is None:
-            raise Skip("SmoothQuant needs calibration data for its activation ranges: calibration.uri, "
-                       "or calibration.synthetic: true")
-        smoothed, count = compress.smooth_norm_inputs(base, path.with_suffix(".smooth.onnx"), cal_feeds,
-                                                      self.opts.threads)
-        self._note(name, f"{count} LayerNorm-fed matrix products smoothed (alpha 0.5)")
-        return compress.quantize_int8_dynamic(smoothed, path)
-
-    def _note(self, name: str, text: str) -> None:
-        for v in self.variants:
-            if v.candidate.name == name:
-                v.candidate.reason = text
 
     def _describe_variants(self, variants: list[Variant]) -> str:
         return ", ".join(f"{v.candidate.name}={v.candidate.status}" for v in variants)
@@ -470,7 +418,7 @@ class Build:
         variant.artifact = plan
         variant.runner = TrtRunner(plan, self._device_label())
 
-    def _verify(self, model: LoadedModel, held: samples.SampleSet) -> list[Variant]:
+    def _verify(self, held: samples.SampleSet) -> list[Variant]:
         gate = self.opt.accuracy
         for variant in self.variants:
             if variant.candidate.status != "OK":
@@ -480,12 +428,13 @@ class Build:
             # per batch composition. The gate holds for the worst of them.
             try:
                 results = [verify.compare(self.reference, self._run_all(variant.runner, held, chunk),
-                                          model.primary_outputs, gate.metric, gate.threshold)
+                                          gate.metric, gate.threshold, held.token_mask)
                            for chunk in (1, None)]
             except Exception as exc:
-                _fail(variant, f"fails on the held-out samples: {type(exc).__name__}: {str(exc)[:300]}")
+                _fail(variant, f"fails on the selection samples: {type(exc).__name__}: {str(exc)[:300]}")
                 continue
-            result = verify.worst(results, gate.metric)
+            result = verify.worst(results, gate.metric).model_copy(
+                update={"sample_set": "selection", "source": held.source})
             variant.candidate.accuracy = result
             log.info("candidate %s: %s %.6f (threshold %s) -> %s", variant.candidate.name, result.metric,
                      result.value, result.threshold, "pass" if result.passed else "FAIL")
@@ -494,7 +443,7 @@ class Build:
             detail = ", ".join(f"{v.candidate.name} {v.candidate.accuracy.value:.6g}" for v in verified)
             raise BuildError("AccuracyGateFailed", f"no candidate passes the accuracy gate "
                              f"({gate.metric} {'<=' if gate.metric in verify.LOWER_IS_BETTER else '>='} "
-                             f"{gate.threshold} on {held.count} held-out samples): {detail}")
+                             f"{gate.threshold} on {held.count} selection samples, {held.source}): {detail}")
         return self.variants
 
     def _describe_accuracy(self, variants: list[Variant]) -> str:
@@ -542,27 +491,33 @@ class Build:
                 variant.candidate.speedup = round(perf.headline.throughput / base, 3) if base else None
 
     def _select(self) -> Variant:
-        """The fastest passing candidate. Throughputs within ``TIE`` of the fastest are
-        measurement noise (the benchmark's stability bar is 10%), so among those the most
-        accurate one wins rather than a coin toss of the last timing window."""
-        passing = [v for v in self.variants if v.candidate.status == "OK" and v.candidate.accuracy
-                   and v.candidate.accuracy.passed and v.candidate.performance]
-        if not passing:  # verify() already guarantees one; keep the invariant explicit
-            raise BuildError("AccuracyGateFailed", "no candidate passes the accuracy gate")
-        fastest = max(v.candidate.performance.headline.throughput for v in passing)
-        ties = [v for v in passing if v.candidate.performance.headline.throughput >= (1 - TIE) * fastest]
-        lower = self.opt.accuracy.metric in verify.LOWER_IS_BETTER
-        best = min(ties, key=lambda v: v.candidate.accuracy.value) if lower else \
-            max(ties, key=lambda v: v.candidate.accuracy.value)
-        self.selected = best
-        best_tp = best.candidate.performance.headline.throughput
-        faster_failed = [v.candidate.name for v in self.variants if v.candidate.performance and v is not best
-                         and not v.candidate.accuracy.passed
-                         and v.candidate.performance.headline.throughput > best_tp]
-        if faster_failed:
-            self.warnings.append(f"faster candidates failed the accuracy gate and were not selected: "
-                                 f"{', '.join(faster_failed)}")
-        return best
+        chosen = selection.select([v.candidate for v in self.variants], self.opt.accuracy.metric)
+        if chosen.warning:
+            self.warnings.append(chosen.warning)
+        self.ranked = [next(v for v in self.variants if v.candidate is c) for c in chosen.ranked]
+        self.selected = self.ranked[0]
+        return self.selected
+
+    def _report_accuracy(self, report_set: samples.SampleSet) -> AccuracyResult:
+        """The selected engine on samples no choice was made on: the accuracy the report and the
+        status publish (``selection.confirm``: the gate must hold there too)."""
+        gate = self.opt.accuracy
+        by_candidate = {id(v.candidate): v for v in self.ranked}
+
+        def measure(candidate: Candidate) -> AccuracyResult:
+            runner = by_candidate[id(candidate)].runner
+            assert runner
+            result = verify.worst([verify.compare(self.report_reference, self._run_all(runner, report_set, chunk),
+                                                  gate.metric, gate.threshold, report_set.token_mask)
+                                   for chunk in (1, None)], gate.metric)
+            return result.model_copy(update={"sample_set": "report", "source": report_set.source})
+
+        confirmed = selection.confirm([v.candidate for v in self.ranked], measure, gate.threshold)
+        if confirmed.warning:
+            self.warnings.append(confirmed.warning)
+        self.selected = by_candidate[id(confirmed.chosen)]
+        self.report_accuracy = confirmed.accuracy
+        return confirmed.accuracy
 
     # ------------------------------------------------------------------ write
 

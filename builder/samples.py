@@ -1,9 +1,14 @@
-"""Sample data: held-out inputs for the accuracy gate and calibration inputs for static INT8/FP8.
+"""Sample data: the three disjoint sets a build uses, and calibration inputs for static INT8/FP8.
 
 Rules the report depends on:
-- Held-out samples are never calibration samples. For text models the default held-out set is
-  the varied English sentences below, disjoint from the built-in calibration sentences; with a
-  calibration URI of tensors, its last part is held out and only the rest calibrates.
+- Three sets that never overlap: **calibration** (fits INT8/FP8 scales), **selection** (the gate
+  every candidate must pass, and the tie-break among them) and **report** (measured once, on the
+  selected engine only: the accuracy the report and the status publish). Picking the best of
+  several INT8 variants on the same samples it then reports would make that number optimistic.
+- With user data (``calibration.uri``) all three come from it: the last fifth (at most 64) is the
+  report set, the fifth before it the selection set, the rest calibrates. Without it, text models
+  use two disjoint built-in sentence sets (selection, report), and tensor models seeded random
+  inputs from two different seeds; the built-in calibration sentences and seeds are a third.
 - Synthetic calibration data is used only when the spec opts in (``calibration.synthetic``), and
   the report then says so (``calibrationSource: synthetic`` plus a warning). For text models the
   synthetic set is the built-in generic sentences (real language, but not the user's data); for
@@ -63,7 +68,43 @@ HELD_OUT_SENTENCES = (
     "Why does the sky look blue during the day but red at sunset?",
     "The software update fixed several security vulnerabilities in the browser.",
 )
-"""Default held-out text for text models: varied topics, lengths and registers."""
+"""Default selection set for text models: varied topics, lengths and registers."""
+
+REPORT_SENTENCES = (
+    "The museum reopened after a two-year renovation of its east wing.",
+    "Why does my laptop battery drain so quickly when the screen is off?",
+    "Volcanic ash grounded hundreds of flights across northern Europe.",
+    "Preheat the oven to two hundred degrees and grease a round tin.",
+    "The committee postponed its vote until the budget figures are audited.",
+    "Our team lost the final in extra time after a disputed penalty.",
+    "Mitochondria produce most of the energy a cell needs to function.",
+    "I would like to change my appointment from Monday to Thursday afternoon.",
+    "The novel follows three sisters who inherit a failing vineyard.",
+    "Interest rates were left unchanged for the fourth consecutive month.",
+    "Wear a helmet and reflective clothing when cycling after dark.",
+    "The startup raised forty million dollars to expand into Asian markets.",
+    "Is it safe to drink tap water when travelling in that region?",
+    "Glaciers in the Alps have lost a third of their volume since 1980.",
+    "The orchestra will perform Mahler's second symphony on Saturday night.",
+    "Restart the router, then wait two minutes before reconnecting.",
+    "A rare comet will be visible to the naked eye early next week.",
+    "The landlord agreed to repair the heating before the end of the month.",
+    "Children under twelve must be accompanied by an adult at all times.",
+    "Researchers trained the model on anonymised hospital records.",
+    "Thank you for your patience while we investigate the billing error.",
+    "The ferry to the island leaves every hour between six and ten.",
+    "Her debut album mixes traditional folk melodies with electronic beats.",
+    "Unemployment fell slightly as the construction sector hired more workers.",
+    "Could you send me the slides from this morning's presentation?",
+    "The ancient city was buried under volcanic ash for nearly two thousand years.",
+    "Store the vaccine between two and eight degrees Celsius.",
+    "The striker signed a three-year contract with the league champions.",
+    "Migrating birds use the earth's magnetic field to find their way.",
+    "Please remove your shoes before entering the prayer hall.",
+    "The council approved plans for a solar farm on the old airfield.",
+    "What time does the pharmacy on the corner close on Sundays?",
+)
+"""Default report set for text models: disjoint from the selection and calibration sentences."""
 
 CALIBRATION_SENTENCES = (
     "The weather forecast predicts light rain for most of the weekend.",
@@ -101,7 +142,8 @@ CALIBRATION_SENTENCES = (
 )
 """Built-in text calibration set (used only with ``calibration.synthetic``); disjoint from held-out."""
 
-MAX_TENSOR_HELD_OUT = 64
+MAX_HELD_OUT = 64  # per evaluation set drawn from user data
+SELECTION_SEED, REPORT_SEED, CALIBRATION_SEED = 1234, 4321, 99  # seeded random inputs, one per set
 
 
 @dataclass
@@ -112,6 +154,11 @@ class SampleSet:
     @property
     def count(self) -> int:
         return len(next(iter(self.feeds.values())))
+
+    @property
+    def token_mask(self) -> np.ndarray | None:
+        """Which token positions are real (text models' ``attention_mask``), for the gate."""
+        return self.feeds.get("attention_mask")
 
     def batch(self, size: int, offset: int = 0) -> Feeds:
         """``size`` samples starting at ``offset``, cycling when there are fewer."""
@@ -156,32 +203,49 @@ def synthetic(inputs: list[TensorInfo], n: int, seed: int, seq_len: int | None =
     return feeds
 
 
-def held_out(model: LoadedModel, calibration: Feeds | None, quick: bool) -> tuple[SampleSet, list[str]]:
-    """The verification set and any warnings about it."""
+def split_sizes(n: int) -> tuple[int, int, int]:
+    """Calibration, selection and report sizes for ``n`` user samples: the last fifth (1..64) is
+    reported on, the fifth before it selects, the rest calibrates."""
+    k = max(1, min(MAX_HELD_OUT, n // 5))
+    if n - 2 * k < 1:
+        raise BuildError("CalibrationFailed", f"calibration data has {n} sample(s): need at least 3 "
+                         "(calibration, selection and report sets never share a sample)")
+    return n - 2 * k, k, k
+
+
+@dataclass(frozen=True)
+class EvaluationSets:
+    """The disjoint sets of one build (see the module docstring)."""
+
+    calibration: Feeds | None  # what static INT8/FP8 and SmoothQuant calibrate on; None: no data
+    selection: SampleSet
+    report: SampleSet
+    warnings: tuple[str, ...] = ()
+
+
+def evaluation_sets(model: LoadedModel, calibration: Feeds | None, from_user: bool,
+                    quick: bool) -> EvaluationSets:
+    """Split user data three ways, or pair built-in evaluation sets with the given calibration."""
+    if from_user and calibration is not None:
+        n = len(next(iter(calibration.values())))
+        cal, sel, _ = split_sizes(n)
+        part = lambda lo, hi: {name: v[lo:hi] for name, v in calibration.items()}  # noqa: E731
+        warnings = () if sel >= 16 else (
+            f"calibration.uri holds {n} samples: the accuracy gate and the reported accuracy each rest "
+            f"on only {sel} of them; give at least 80 samples for 16 per set",)
+        return EvaluationSets(part(0, cal), SampleSet(part(cal, cal + sel), "uri"),
+                              SampleSet(part(cal + sel, n), "uri"), warnings)
     if model.is_text:
         # Never fewer sentences in --quick mode: it saves benchmark time, not accuracy evidence
-        # (a smaller held-out set makes a thin pass of the gate more likely to be luck).
-        return SampleSet(tokenize(model, HELD_OUT_SENTENCES), "builtin-sentences"), []
-    if calibration is not None:
-        n = len(next(iter(calibration.values())))
-        k = max(1, min(MAX_TENSOR_HELD_OUT, n // 5))
-        return SampleSet({name: v[n - k:] for name, v in calibration.items()}, "uri"), []
-    count = 16 if quick else MAX_TENSOR_HELD_OUT
-    return (SampleSet(synthetic(model.inputs, count, seed=1234), "synthetic"),
-            ["accuracy verified on seeded random inputs: give calibration.uri with real samples "
-             "to verify on real data"])
-
-
-def calibration_tensors_for(calibration: Feeds, model: LoadedModel) -> Feeds:
-    """For tensor models the tail of the calibration data is held out: calibrate on the rest."""
-    if model.is_text:
-        return calibration
-    n = len(next(iter(calibration.values())))
-    k = max(1, min(MAX_TENSOR_HELD_OUT, n // 5))
-    if n - k < 1:
-        raise BuildError("CalibrationFailed", f"calibration data has {n} sample(s): need at least 2 "
-                         "(one to calibrate, one held out for verification)")
-    return {name: v[: n - k] for name, v in calibration.items()}
+        # (a smaller set makes a thin pass of the gate more likely to be luck).
+        return EvaluationSets(calibration, SampleSet(tokenize(model, HELD_OUT_SENTENCES), "builtin-sentences"),
+                              SampleSet(tokenize(model, REPORT_SENTENCES), "builtin-sentences"))
+    count = 16 if quick else MAX_HELD_OUT
+    return EvaluationSets(
+        calibration, SampleSet(synthetic(model.inputs, count, seed=SELECTION_SEED), "synthetic"),
+        SampleSet(synthetic(model.inputs, count, seed=REPORT_SEED), "synthetic"),
+        ("accuracy verified on seeded random inputs: give calibration.uri with real samples to verify "
+         "on real data",))
 
 
 def load_calibration(uri: str, dest: Path, model: LoadedModel, samples: int) -> Feeds:
@@ -250,4 +314,4 @@ def validate_tensors(tensors: dict[str, np.ndarray], model: LoadedModel, samples
 def synthetic_calibration(model: LoadedModel, samples: int) -> Feeds:
     if model.is_text:
         return tokenize(model, CALIBRATION_SENTENCES)
-    return synthetic(model.inputs, min(samples, 128), seed=99)
+    return synthetic(model.inputs, min(samples, 128), seed=CALIBRATION_SEED)

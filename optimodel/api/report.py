@@ -74,14 +74,19 @@ class PerformanceProfile(ObservedModel):
 
 
 class AccuracyResult(ObservedModel):
-    """One candidate's agreement with the FP32 reference on held-out samples."""
+    """One engine's agreement with the FP32 reference on one sample set (``sample_set``)."""
 
     metric: str
-    value: float
+    value: float = Field(description="The gated value: the worst over every served output.")
     threshold: float
     passed: bool
     samples: int
-    per_output: dict[str, float] = Field(default_factory=dict)
+    per_output: dict[str, float] = Field(default_factory=dict, description="Each served output's value.")
+    sample_set: Literal["selection", "report"] | None = Field(
+        default=None, description="selection: the set candidates were gated and chosen on; report: the "
+        "separate set the selected engine was measured on once (the published accuracy).")
+    source: str | None = Field(default=None, description="Where the samples came from: uri (your data), "
+                               "builtin-sentences or synthetic.")
 
 
 class Candidate(ObservedModel):

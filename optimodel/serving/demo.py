@@ -294,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"= {report.speedup or opt.throughput / base.throughput:.2f}x")
     if report.accuracy:
         lines.append(f"  accuracy     {report.accuracy.metric} {report.accuracy.value:.4f} vs FP32 "
-                     f"(gate {report.accuracy.threshold}) on {report.accuracy.samples} held-out samples")
+                     f"(gate {report.accuracy.threshold}) on {report.accuracy.samples} {report.accuracy.sample_set or 'held-out'} "
+                     f"samples ({report.accuracy.source or 'builtin'})")
     lines += [
         f"  served       {len(DEFAULT_SENTENCES)} real sentences: vs the engine (ONNX Runtime direct) "
         f"min cosine {fidelity.min():.6f}; vs PyTorch FP32 min {accuracy.min():.4f} / mean "

@@ -84,9 +84,15 @@ def test_report_selects_a_passing_candidate_faster_than_nothing(built):
     assert names["onnxruntime-fp8"].status == "SKIPPED"
     selected = names[report.selected]
     assert selected.accuracy.passed and selected.accuracy.metric == "cosine"
-    # The gate is on the worst gated output: the reported value is that output's, not a mean.
-    assert selected.accuracy.samples >= 16
-    assert selected.accuracy.value == pytest.approx(selected.accuracy.per_output["sentence_embedding"])
+    # The gate holds for every served output: the value is the worst of them, not a mean, and
+    # last_hidden_state (compared on real tokens) is among them.
+    assert selected.accuracy.samples >= 16 and selected.accuracy.sample_set == "selection"
+    assert set(selected.accuracy.per_output) == {"last_hidden_state", "sentence_embedding"}
+    assert selected.accuracy.value == pytest.approx(min(selected.accuracy.per_output.values()))
+    # The published accuracy is the selected engine's on the separate report sentences.
+    assert report.accuracy.sample_set == "report" and report.accuracy.source == "builtin-sentences"
+    assert report.accuracy.passed and report.accuracy.samples == 32
+    assert report.accuracy.value == pytest.approx(min(report.accuracy.per_output.values()))
     assert selected.accuracy.value <= 1.0 + 1e-6 and selected.accuracy.threshold == 0.99
     # The speedup is the selected candidate's headline throughput over the baseline's, same batch.
     assert selected.performance.headline.batch_size == report.baseline.headline.batch_size

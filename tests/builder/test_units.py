@@ -1,4 +1,4 @@
-"""Unit tests of the builder's pure parts: metrics, selection, BF16 rounding, 2:4 masks, URIs,
+"""Unit tests of the builder's pure parts: metrics, BF16 rounding, 2:4 masks, URIs,
 calibration validation, the config protobuf and the termination-message budget."""
 
 from __future__ import annotations
@@ -10,10 +10,7 @@ import numpy as np
 import pytest
 from testcluster import need_module
 
-from optimodel.api.key import build_key
-from optimodel.api.report import (AccuracyResult, BuildReport, BuildSummary, Candidate, LatencyStats,
-                                  PerformanceProfile)
-from optimodel.api.spec import BuildSpec
+from optimodel.api.report import BuildReport, BuildSummary, LatencyStats, PerformanceProfile
 from optimodel.builder import benchmark, hardware, sources, verify
 from optimodel.builder.errors import BuildError, classify
 
@@ -40,44 +37,16 @@ def test_gate_direction_and_nan():
     assert not verify.passes("cosine", float("nan"), 0.0)
 
 
-def test_compare_gates_on_primary_outputs_only():
+def test_compare_gates_on_every_served_output():
     ref = {"hidden": np.ones((4, 3)), "emb": np.eye(4)}
-    cand = {"hidden": -np.ones((4, 3)), "emb": np.eye(4)}
-    result = verify.compare(ref, cand, ["emb"], "cosine", 0.99)
-    assert result.passed and result.value == pytest.approx(1.0)
-    assert result.per_output["hidden"] == pytest.approx(-1.0) and result.samples == 4
-    missing = verify.compare(ref, {"emb": np.eye(4)}, ["hidden"], "max-abs", 1.0)
+    good = verify.compare(ref, {"hidden": np.ones((4, 3)), "emb": np.eye(4)}, "cosine", 0.99)
+    assert good.passed and good.value == pytest.approx(1.0) and good.samples == 4
+    # A pooled output that agrees does not hide a per-token output that does not.
+    bad = verify.compare(ref, {"hidden": -np.ones((4, 3)), "emb": np.eye(4)}, "cosine", 0.99)
+    assert not bad.passed and bad.value == pytest.approx(-1.0)
+    assert bad.per_output == pytest.approx({"hidden": -1.0, "emb": 1.0})
+    missing = verify.compare(ref, {"emb": np.eye(4)}, "max-abs", 1.0)
     assert not missing.passed and missing.value == 1e30  # JSON-safe stand-in for infinity
-
-
-def _candidate(name, throughput, value, passed):
-    stats = LatencyStats(batch_size=8, p50_ms=1, p99_ms=2, throughput=throughput, repeats=3)
-    return Candidate(name=name, precision="int8", target="onnxruntime", status="OK",
-                     accuracy=AccuracyResult(metric="cosine", value=value, threshold=0.99, passed=passed, samples=8),
-                     performance=PerformanceProfile(runtime="x", device="cpu", sweep=[stats], headline=stats))
-
-
-def _build_with(tmp_path, candidates):
-    from optimodel.builder.pipeline import Build, BuildOptions, Variant
-
-    spec = BuildSpec.model_validate({"model": {"uri": "/m.onnx", "format": "onnx"}})
-    build = Build(BuildOptions(spec=spec, output=str(tmp_path / "out"), work_dir=tmp_path, key=build_key(spec),
-                               threads=1))
-    build.variants = [Variant(c) for c in candidates]
-    return build
-
-
-def test_select_falls_back_when_the_fastest_fails(tmp_path):
-    build = _build_with(tmp_path, [_candidate("fast", 300, 0.95, False), _candidate("mid", 200, 0.995, True),
-                                   _candidate("slow", 100, 1.0, True)])
-    assert build._select().candidate.name == "mid"
-    assert any("fast" in w for w in build.warnings)
-
-
-def test_select_breaks_near_ties_by_accuracy(tmp_path):
-    build = _build_with(tmp_path, [_candidate("a", 300, 0.991, True), _candidate("b", 290, 0.996, True),
-                                   _candidate("c", 200, 0.999, True)])
-    assert build._select().candidate.name == "b"  # within 5% of the fastest, more accurate
 
 
 def test_bf16_bits_match_torch_rounding():
@@ -149,7 +118,7 @@ def test_calibration_shape_errors_name_the_input():
     from optimodel.builder.tensors import TensorInfo
 
     model = LoadedModel(format="onnx", path=Path("/m"), inputs=[TensorInfo("pixels", "FP32", (-1, 3, 8, 8))],
-                        outputs=[], primary_outputs=[], baseline_runtime="onnxruntime-fp32")
+                        outputs=[], baseline_runtime="onnxruntime-fp32")
     with pytest.raises(BuildError) as err:
         validate_tensors({"pixels": np.zeros((4, 8, 8, 3), np.float32)}, model, 10, "cal.npz")
     assert err.value.reason == "CalibrationFailed"
@@ -159,11 +128,41 @@ def test_calibration_shape_errors_name_the_input():
     assert ok["pixels"].shape == (10, 3, 8, 8) and ok["pixels"].dtype == np.float32
 
 
-def test_held_out_and_calibration_sentences_are_disjoint():
-    from optimodel.builder.samples import CALIBRATION_SENTENCES, HELD_OUT_SENTENCES
+def test_builtin_sentence_sets_are_disjoint():
+    from optimodel.builder.samples import CALIBRATION_SENTENCES, HELD_OUT_SENTENCES, REPORT_SENTENCES
 
-    assert len(HELD_OUT_SENTENCES) >= 16
-    assert not set(HELD_OUT_SENTENCES) & set(CALIBRATION_SENTENCES)
+    sets = [set(HELD_OUT_SENTENCES), set(REPORT_SENTENCES), set(CALIBRATION_SENTENCES)]
+    assert all(len(s) >= 32 for s in sets)
+    assert len(set().union(*sets)) == sum(len(s) for s in sets)  # no sentence in two sets
+
+
+@pytest.mark.parametrize(("n", "sizes"), [(3, (1, 1, 1)), (9, (7, 1, 1)), (40, (24, 8, 8)), (1000, (872, 64, 64))])
+def test_user_data_splits_three_ways(n, sizes):
+    from optimodel.builder.samples import split_sizes
+
+    assert split_sizes(n) == sizes and sum(sizes) == n
+
+
+def test_user_data_splits_never_overlap():
+    from optimodel.builder.loader import LoadedModel
+    from optimodel.builder.samples import evaluation_sets, split_sizes
+    from optimodel.builder.tensors import TensorInfo
+
+    model = LoadedModel(format="onnx", path=Path("/m"), inputs=[TensorInfo("x", "FP32", (-1, 1))], outputs=[],
+                        baseline_runtime="onnxruntime-fp32")
+    data = {"x": np.arange(40, dtype=np.float32).reshape(40, 1)}
+    sets = evaluation_sets(model, data, from_user=True, quick=False)
+    parts = [set(sets.calibration["x"].ravel()), set(sets.selection.feeds["x"].ravel()),
+             set(sets.report.feeds["x"].ravel())]
+    assert [len(p) for p in parts] == list(split_sizes(40))
+    assert set().union(*parts) == set(range(40)) and sets.selection.source == sets.report.source == "uri"
+    assert any("only 8" in w for w in sets.warnings)  # a thin set is said, not hidden
+    with pytest.raises(BuildError) as err:
+        evaluation_sets(model, {"x": data["x"][:2]}, from_user=True, quick=False)
+    assert err.value.reason == "CalibrationFailed" and "at least 3" in err.value.message
+    # Without user data: seeded random selection and report inputs that differ.
+    synthetic = evaluation_sets(model, None, from_user=False, quick=True)
+    assert not np.array_equal(synthetic.selection.feeds["x"], synthetic.report.feeds["x"])
 
 
 def test_sweep_defaults_and_preferred_batch():
@@ -222,7 +221,7 @@ def test_text_calibration_file_is_tokenized(minilm_path, tmp_path):
 
     names = ["input_ids", "token_type_ids", "attention_mask"]
     model = LoadedModel(format="huggingface", path=minilm_path, inputs=[TensorInfo(n, "INT64", (-1, -1)) for n in names],
-                        outputs=[], primary_outputs=[], baseline_runtime="pytorch-eager-fp32",
+                        outputs=[], baseline_runtime="pytorch-eager-fp32",
                         tokenizer=AutoTokenizer.from_pretrained(str(minilm_path)), seq_len=32)
     text = tmp_path / "cal.txt"
     text.write_text("First sample sentence.\n\nSecond one, a little longer than the first.\nThird.\n")
@@ -240,7 +239,7 @@ def test_safetensors_calibration(tmp_path):
     from optimodel.builder.tensors import TensorInfo
 
     model = LoadedModel(format="onnx", path=tmp_path, inputs=[TensorInfo("x", "FP32", (-1, 4))], outputs=[],
-                        primary_outputs=[], baseline_runtime="onnxruntime-fp32")
+                        baseline_runtime="onnxruntime-fp32")
     save_file({"x": np.ones((10, 4), np.float32)}, str(tmp_path / "cal.safetensors"))
     assert load_calibration(str(tmp_path / "cal.safetensors"), tmp_path, model, 512)["x"].shape == (10, 4)
     with pytest.raises(BuildError) as err:
@@ -316,3 +315,23 @@ def test_cpu_threads_respects_the_quota(monkeypatch):
     assert hardware.cpu_threads() == 64
     monkeypatch.setenv(hardware.THREADS_ENV, "3")
     assert hardware.cpu_threads() == 3
+
+
+def test_per_token_outputs_are_compared_on_real_tokens_only():
+    mask = np.array([[1, 1, 0, 0], [1, 0, 0, 0]])
+    ref = np.ones((2, 4, 3))
+    out = ref.copy()
+    out[:, 2:] = -1.0  # padding positions disagree completely: they must not count
+    assert verify.compare({"h": ref}, {"h": out}, "cosine", 0.99, mask).passed
+    assert verify.compare({"h": ref}, {"h": out}, "max-abs", 0.0, mask).value == 0.0
+    assert not verify.compare({"h": ref}, {"h": out}, "cosine", 0.99).passed  # without the mask: counted
+    out[0, 1] = -1.0  # a real token disagreeing still fails the gate
+    assert verify.compare({"h": ref}, {"h": out}, "cosine", 0.99, mask).value == pytest.approx(0.0)
+    logits = np.zeros((2, 4, 3))
+    logits[..., 0] = 1.0
+    flipped = logits.copy()
+    flipped[:, 2:] = logits[:, 2:, ::-1]  # argmax differs on padding only
+    assert verify.compare({"l": logits}, {"l": flipped}, "top1-agreement", 1.0, mask).value == 1.0
+    # Pooled outputs ([N, H]) ignore the mask.
+    pooled = verify.compare({"e": np.eye(2)}, {"e": np.eye(2)}, "cosine", 0.99, mask)
+    assert pooled.value == pytest.approx(1.0)
