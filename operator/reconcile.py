@@ -40,6 +40,7 @@ from optimodel.api.status import (
 )
 from optimodel.operator import builds, metrics
 from optimodel.operator import manifests as m
+from optimodel.operator.compatibility import tensorrt_mismatch
 from optimodel.operator.conditions import Desired, merge_conditions, pod_problem, status_patch, transitions
 from optimodel.operator.kube import Kube
 from optimodel.operator.settings import OperatorSettings
@@ -100,9 +101,16 @@ def _reconcile(kube: Kube, settings: OperatorSettings, body: dict) -> Result:
         build = BuildStatus(key=key, job=outcome.job, state=_build_state(outcome.state),
                             attempt=outcome.attempt, reason=outcome.reason, message=outcome.message)
         if outcome.state == "Succeeded" and outcome.summary and outcome.summary.engine:
-            engine = _engine_status(outcome.summary, m.artifact_uri(model, key, settings))
-            benchmark = _benchmark_status(outcome.summary)
-            build = None  # the build became the engine: nothing in flight
+            built = outcome.summary.engine
+            unservable = tensorrt_mismatch(built.platform, built.runtime_version, settings.triton_tensorrt_version,
+                                           settings.triton_image)
+            if unservable:  # final, like a model failure: the same builder would build the same plan
+                build = build.model_copy(update={"state": "Failed", "reason": "TensorRTVersionMismatch",
+                                                 "message": unservable})
+            else:
+                engine = _engine_status(outcome.summary, m.artifact_uri(model, key, settings))
+                benchmark = _benchmark_status(outcome.summary)
+                build = None  # the build became the engine: nothing in flight
 
     # 4. Serve the engine (the previous one while a new build runs or after it failed).
     deployment, scaling, problem = None, None, None

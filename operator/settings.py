@@ -18,6 +18,9 @@ ENV_PREFIX = "OPTIMODEL_"
 DEFAULT_GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
 
+EMPTY_TURNS_OFF = {"triton_tensorrt_version"}  # set but empty: the check is off (elsewhere: the default)
+
+
 class OperatorSettings(BaseModel):
     """Operator-wide configuration. Environment variable = OPTIMODEL_ + field name upper-cased."""
 
@@ -44,6 +47,12 @@ class OperatorSettings(BaseModel):
     triton_image: str = Field(
         default="nvcr.io/nvidia/tritonserver:25.01-py3",
         description="NVIDIA Triton Inference Server image serving the engines.",
+    )
+    triton_tensorrt_version: str | None = Field(
+        default="10.8.0.43",
+        description="TensorRT release in triton_image (the NGC 25.01 release notes list 10.8.0.43). "
+        "A TensorRT engine built with another major.minor.patch is refused (TensorRTVersionMismatch) "
+        "and the previous engine keeps serving; empty = no check.",
     )
     builder_cpu_image: str | None = Field(
         default=None,
@@ -163,6 +172,8 @@ class OperatorSettings(BaseModel):
             raw = env.get(ENV_PREFIX + name.upper())
             if raw is not None and raw != "":
                 values[name] = raw
+            elif raw == "" and name in EMPTY_TURNS_OFF:
+                values[name] = None
         return cls(**values)
 
     @classmethod

@@ -147,6 +147,29 @@ def test_failed_build_reports_reason_and_leaves_serving_untouched(models, operat
     assert any(e.reason == "BuildFailed" and "AccuracyGateFailed" in e.message for e in warnings)
 
 
+def test_engine_of_another_tensorrt_is_refused_and_the_old_one_keeps_serving(models, operator, namespace):
+    # The Triton image runs TensorRT 10.8.0.43 (the chart's default triton.tensorrtVersion); a
+    # builder of another NGC release made a 10.9 plan, which that Triton could not deserialize.
+    old_key = build_and_serve(models)
+    models.patch_spec("minilm", {"optimization": {"precision": "fp16"}})
+    new_job = next(j for j in models.wait_job(count=2) if key_of(j) != old_key)
+    summary = success_summary(key_of(new_job), "minilm", precision="fp16")
+    summary["engine"]["runtimeVersion"] = "tensorrt 10.9.0.34"
+    models.finish_build(new_job.metadata.name, summary)
+    wait_for(lambda: models.status("minilm").get("phase") == "Failed", timeout=60, what="phase Failed")
+    status = models.status("minilm")
+    assert status["build"]["reason"] == "TensorRTVersionMismatch"
+    assert "TensorRT 10.9.0.34" in status["build"]["message"] and "10.8.0.43" in status["build"]["message"]
+    built = models.condition("minilm", "Built")
+    assert (built["status"], built["reason"]) == ("False", "BuildFailed")
+    assert status["engine"]["key"] == old_key and models.condition("minilm", "Ready")["status"] == "True"
+    deployment = models.apps.read_namespaced_deployment("minilm", namespace)
+    assert deployment.spec.template.metadata.annotations[manifests.KEY_ANNOTATION] == old_key
+    warnings = [e for e in models.events("minilm") if e.type == "Warning"]
+    assert any(e.reason == "BuildFailed" and "TensorRTVersionMismatch" in e.message for e in warnings)
+    assert len(models.jobs()) == 2  # final: not retried (the same builder would build the same plan)
+
+
 def test_same_key_as_served_engine_is_not_rebuilt_and_superseded_build_is_cancelled(
         models, operator, namespace):
     key = build_and_serve(models)
