@@ -187,6 +187,23 @@ class ArgoCD:
         path = self.workdir / f"{name}.log"
         return path.read_text(errors="replace")[-n:] if path.exists() else ""
 
+    def log_lines(self, name: str, needle: str, n: int = 40) -> list[str]:
+        """The last ``n`` lines of a process's log that mention ``needle``."""
+        path = self.workdir / f"{name}.log"
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        return [line for line in lines if needle in line][-n:]
+
+    def out_of_sync_report(self, app_name: str) -> str:
+        """Why an Application is not Synced, in Argo CD's words: its sync status, each resource
+        that is not Synced, its conditions, and what the controller logged about it."""
+        status = self.app(app_name).get("status") or {}
+        drifted = [{k: r.get(k) for k in ("kind", "namespace", "name", "status", "requiresPruning")}
+                   for r in status.get("resources") or [] if r.get("status") != "Synced"]
+        log = "\n".join(self.log_lines("application-controller", f"application={app_name} "))
+        return (f"sync={status.get('sync')}\nresources not Synced: {drifted}\n"
+                f"conditions={status.get('conditions')}\noperation={status.get('operationState')}\n"
+                f"--- controller log about {app_name} ---\n{log}")
+
     # --- Applications, read through Argo CD's own CRD ------------------------------------------
 
     def app(self, name: str) -> dict:
@@ -198,11 +215,12 @@ class ArgoCD:
             raise AssertionError(f"kubectl get application {name}: {got.stderr.strip()}")
         return json.loads(got.stdout)
 
-    def refresh(self, name: str) -> None:
-        """What ``argocd app get --hard-refresh`` does: re-read git now (the repo server caches a
-        branch's revision for three minutes)."""
+    def refresh(self, name: str, kind: str = "hard") -> None:
+        """``hard``: what ``argocd app get --hard-refresh`` does, re-read git now (the repo server
+        caches a branch's revision for three minutes); after a commit. ``normal``: compare the live
+        state again now, as the controller's periodic resync does."""
         self.kubectl("annotate", "--overwrite", "applications.argoproj.io", name, "-n", NAMESPACE,
-                     "argocd.argoproj.io/refresh=hard")
+                     f"argocd.argoproj.io/refresh={kind}")
 
 
 def resource_status(app: dict, kind: str, name: str) -> dict | None:
@@ -219,6 +237,11 @@ def sync_status(app: dict) -> str:
 
 def health(app: dict) -> str:
     return ((app.get("status") or {}).get("health") or {}).get("status", "")
+
+
+def operation(app: dict) -> dict:
+    """The last sync operation's state (phase, message, syncResult), or {} before any."""
+    return (app.get("status") or {}).get("operationState") or {}
 
 
 def synced_revision(app: dict) -> str:
