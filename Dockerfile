@@ -78,9 +78,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp
 COPY --from=wheel /wheels /wheels
 # The base image carries TensorRT's Python bindings; the import check fails the build if not.
-RUN pip install --no-cache-dir "/wheels/optimodel-${OPTIMODEL_VERSION}-py3-none-any.whl[builder]" \
+# `fp8`: ModelOpt's ONNX quantizer, for FP8 Q/DQ candidates.
+RUN pip install --no-cache-dir "/wheels/optimodel-${OPTIMODEL_VERSION}-py3-none-any.whl[builder,fp8]" \
     && rm -rf /wheels \
-    && python3 -c "import tensorrt, onnx, onnxruntime, torch; print('tensorrt', tensorrt.__version__)"
+    && python3 -c "import tensorrt, onnx, onnxruntime, torch, modelopt.onnx.quantization; print('tensorrt', tensorrt.__version__)"
 # UID of the containers the operator creates (OPTIMODEL_RUN_AS_USER, chart value workloads.runAsUser).
 USER 1000:1000
 WORKDIR /tmp

@@ -13,7 +13,7 @@ cd /
 export PYTHONSAFEPATH=1
 CACHE="${OPTIMODEL_CACHE:-$HOME/.cache/optimodel}"
 PY="${PYTHON:-python3}"
-extras="${OPTIMODEL_EXTRAS:-builder,serve,test}"
+extras="${OPTIMODEL_EXTRAS:-builder,fp8,serve,test}"
 # Keyed by the requirements actually installed (core + the chosen extras), so editing other
 # project metadata, or adding an extra that is not installed here, reuses the venv.
 key=$("$PY" - "$here/pyproject.toml" "$extras" <<'PYKEY'

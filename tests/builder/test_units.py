@@ -335,3 +335,21 @@ def test_per_token_outputs_are_compared_on_real_tokens_only():
     # Pooled outputs ([N, H]) ignore the mask.
     pooled = verify.compare({"e": np.eye(2)}, {"e": np.eye(2)}, "cosine", 0.99, mask)
     assert pooled.value == pytest.approx(1.0)
+
+
+def test_fp8_qdq_graph_from_modelopt(cnn, tmp_path):
+    """The FP8 candidate's graph, built by ModelOpt on CPU: FP8 (E4M3) Q/DQ pairs a TensorRT
+    engine can run. ONNX Runtime has no FP8 kernels, so what the GPU does with it is untested here."""
+    need_module("modelopt.onnx.quantization", "nvidia-modelopt (extra: fp8)")
+    import onnx
+
+    from optimodel.builder.compress import quantize_fp8
+
+    calibration = {"input": np.random.default_rng(3).standard_normal((16, 3, 32, 32)).astype(np.float32)}
+    graph = onnx.load(str(quantize_fp8(cnn.onnx, tmp_path / "fp8.onnx", calibration)))
+    onnx.checker.check_model(graph)
+    dequantized = {o for n in graph.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    fed_fp8 = [n.name for n in graph.graph.node if n.op_type == "Conv" and set(n.input) & dequantized]
+    assert fed_fp8, "no convolution reads an FP8-dequantized tensor"
+    zero_points = {i.data_type for i in graph.graph.initializer if i.name.endswith("zero_point")}
+    assert zero_points == {onnx.TensorProto.FLOAT8E4M3FN}

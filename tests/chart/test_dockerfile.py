@@ -143,7 +143,9 @@ def test_version_and_pins_agree_with_pyproject():
     assert build_args()["OPTIMODEL_VERSION"] == PYPROJECT["project"]["version"]
     extras = PYPROJECT["project"]["optional-dependencies"]
     builder_run = " ".join(r for w, r in stages()["builder"] if w == "RUN")
-    assert "-py3-none-any.whl[builder]" in builder_run
+    # The GPU builder: the builder extra and ModelOpt's FP8 quantizer, both import-checked.
+    assert "-py3-none-any.whl[builder,fp8]" in builder_run and "modelopt.onnx.quantization" in builder_run
+    assert "fp8" in extras and any(r.startswith("nvidia-modelopt==") for r in extras["fp8"])
     # The other images install their dependencies first, from requirements/<extra>.txt, then
     # the project wheel alone: the dependency layer is cached until those requirements change.
     for target, extra in (("operator", "stage"), ("builder-cpu", "builder"), ("triton-local", "triton-local")):
