@@ -125,11 +125,15 @@ def table(report: dict, title: str) -> tuple[str, bool]:
         cells.append(f"{acc['value']:.4f}" if acc else "-")
         cells.append(("pass" if acc["passed"] else "FAIL") if acc else (c.get("reason") or "")[:70])
         rows.append("| " + " | ".join(cells) + " |")
-    sel = next(c for c in report["candidates"] if c["name"] == report["selected"])
-    ok = sel["speedup"] >= BAR_SPEEDUP and sel["accuracy"]["value"] >= BAR_COSINE
-    rows += ["", f"acceptance (>= {BAR_SPEEDUP}x eager FP32 and min cosine >= {BAR_COSINE}): "
-                 f"**{'PASS' if ok else 'FAIL'}** ({sel['speedup']:.2f}x, cosine {sel['accuracy']['value']:.4f}, "
-                 f"{sel['accuracy']['samples']} held-out sentences)", ""]
+    # The bar is judged on the published numbers: the same-window speedup check and the accuracy
+    # on the report set (sentences no choice was made on), not the sweep and selection values.
+    check, acc = report["speedupCheck"], report["accuracy"]
+    ok = check["speedup"] >= BAR_SPEEDUP and acc["value"] >= BAR_COSINE
+    rows += ["", f"speedup check (alternating windows, batch {check['batchSize']}): per-pair ratios "
+                 f"{', '.join(f'{r:.2f}' for r in check['ratios'])}; median **{check['speedup']:.2f}x**",
+             "", f"acceptance (>= {BAR_SPEEDUP}x eager FP32 and min cosine >= {BAR_COSINE}): "
+                 f"**{'PASS' if ok else 'FAIL'}** ({check['speedup']:.2f}x, cosine {acc['value']:.4f} on "
+                 f"{acc['samples']} {acc.get('sampleSet', 'held-out')} samples, every served output)", ""]
     return "\n".join(rows), ok
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from optimodel.api.report import LatencyStats, PerformanceProfile
+from optimodel.api.report import LatencyStats, PerformanceProfile, SpeedupCheck
 from optimodel.builder.runners import Runner
 from optimodel.builder.samples import SampleSet
 
@@ -109,3 +109,41 @@ def preferred_batch_sizes(perf: PerformanceProfile) -> list[int]:
         if s.throughput >= 0.9 * best:
             return [s.batch_size] if s.batch_size > 1 else []
     return []
+
+
+def _window(runner: Runner, prepared, calls: int, batch: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        runner.run_prepared(prepared)
+    return batch * calls / (time.perf_counter() - start)
+
+
+def _calls_per_window(runner: Runner, prepared, cfg: BenchConfig) -> int:
+    for _ in range(cfg.warmup_calls):
+        runner.run_prepared(prepared)
+    t0 = time.perf_counter()
+    runner.run_prepared(prepared)
+    return max(cfg.min_calls_per_window, int(cfg.window_s / max(time.perf_counter() - t0, 1e-6)))
+
+
+def speedup_check(engine: Runner, baseline: Runner, samples: SampleSet, batch: int, cfg: BenchConfig,
+                  pairs: int = 6) -> SpeedupCheck:
+    """Engine vs baseline in alternating windows (B E, E B, B E, ...): one ratio per pair, the
+    speedup their median. Drifting load (another pod, a thermal limit) hits both sides of a pair
+    alike, and one disturbed pair moves a median little."""
+    feeds = samples.batch(batch)
+    runners = {"baseline": baseline, "engine": engine}
+    prepared = {k: r.prepare(feeds) for k, r in runners.items()}
+    calls = {k: _calls_per_window(r, prepared[k], cfg) for k, r in runners.items()}
+    seen: dict[str, list[float]] = {"baseline": [], "engine": []}
+    ratios = []
+    for i in range(pairs):
+        for k in (("baseline", "engine") if i % 2 == 0 else ("engine", "baseline")):
+            seen[k].append(_window(runners[k], prepared[k], calls[k], batch))
+        ratios.append(seen["engine"][-1] / seen["baseline"][-1])
+    check = SpeedupCheck(batch_size=batch, baseline_throughput=round(float(np.median(seen["baseline"])), 2),
+                         engine_throughput=round(float(np.median(seen["engine"])), 2),
+                         ratios=[round(r, 3) for r in ratios], speedup=round(float(np.median(ratios)), 3))
+    log.info("  speedup check, batch %d: %s -> median %.2fx", batch, ", ".join(f"{r:.2f}" for r in check.ratios),
+             check.speedup)
+    return check

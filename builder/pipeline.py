@@ -1,5 +1,6 @@
 """The build pipeline: fetch -> load -> calibration data -> evaluation sets -> reference -> prune ->
-export -> candidates -> compile -> verify -> benchmark -> select -> report accuracy -> write.
+export -> candidates -> compile -> verify -> benchmark -> select -> report accuracy -> speedup check ->
+write.
 
 What the candidates are is the table in ``recipes.py``; which one ships is ``selection.py``;
 which samples each number comes from is ``samples.evaluation_sets``.
@@ -22,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from optimodel.api.key import BUILDER_VERSION
-from optimodel.api.report import AccuracyResult, BuildReport, Candidate, EngineInfo, PerformanceProfile
+from optimodel.api.report import (AccuracyResult, BuildReport, Candidate, EngineInfo, PerformanceProfile,
+                                  SpeedupCheck)
 from optimodel.api.spec import BuildSpec
 from optimodel.builder import (benchmark, compress, hardware, recipes, samples, selection, sources,
                                triton_repo, verify)
@@ -94,12 +96,13 @@ class Build:
         self.reference: dict[str, np.ndarray] = {}  # source outputs on the selection set
         self.report_reference: dict[str, np.ndarray] = {}  # ... and on the report set
         self.report_accuracy: AccuracyResult | None = None  # the selected engine on the report set
+        self.speedup_check: SpeedupCheck | None = None  # ... re-timed against the baseline, same window
 
     # ------------------------------------------------------------------ report
 
     def report(self, error: BuildError | None = None) -> BuildReport:
         sel = self.selected
-        speedup = sel.candidate.speedup if sel else None
+        check = self.speedup_check if error is None else None
         versions = hardware.versions()
         versions["cpu"] = hardware.cpu_name()
         versions["threads"] = str(self.opts.threads)
@@ -111,7 +114,8 @@ class Build:
             reason=error.reason if error else None, message=error.message if error else None,
             engine=self._engine_info() if sel and error is None else None,
             baseline=self.baseline, candidates=[v.candidate for v in self.variants],
-            selected=sel.candidate.name if sel else None, speedup=speedup,
+            selected=sel.candidate.name if sel else None, speedup=check.speedup if check else None,
+            speedup_check=check,
             accuracy=self.report_accuracy if error is None else None,
             calibration_source=self.calibration_source, versions=versions,
             steps=self.steps.timings, warnings=self.warnings,
@@ -166,6 +170,9 @@ class Build:
         self.steps.run("report-accuracy", lambda: self._report_accuracy(sets.report),
                        lambda r: f"{self.selected.candidate.name}: {r.metric} {r.value:.4f} on {r.samples} "
                                  f"{r.source} samples")
+        self.steps.run("speedup-check", lambda: self._speedup_check(baseline, held_out, headline),
+                       lambda c: f"{self.selected.candidate.name} {c.speedup:.2f}x the baseline at batch "
+                                 f"{c.batch_size} (median of {len(c.ratios)} window pairs)")
         self.steps.run("write", lambda: self._write(model, held_out), lambda _: self.opts.output)
         return self.report()
 
@@ -518,6 +525,14 @@ class Build:
         self.selected = by_candidate[id(confirmed.chosen)]
         self.report_accuracy = confirmed.accuracy
         return confirmed.accuracy
+
+    def _speedup_check(self, baseline: Runner, held: samples.SampleSet, headline: int) -> SpeedupCheck:
+        sel = self.selected
+        assert sel and sel.runner
+        cfg = benchmark.BenchConfig.quick() if self.opts.quick else benchmark.BenchConfig()
+        self.speedup_check = benchmark.speedup_check(sel.runner, baseline, held, headline, cfg,
+                                                     pairs=4 if self.opts.quick else 6)
+        return self.speedup_check
 
     # ------------------------------------------------------------------ write
 

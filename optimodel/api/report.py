@@ -125,6 +125,21 @@ class StepTiming(ObservedModel):
     detail: str | None = None
 
 
+class SpeedupCheck(ObservedModel):
+    """The selected engine re-timed against the baseline in the same time window.
+
+    Windows alternate baseline, engine, engine, baseline, ... so that load which drifts during the
+    check weighs on both sides alike; each pair gives one ratio, and the speedup is their median.
+    The sweep's per-candidate speedups were timed minutes apart and only rank the candidates.
+    """
+
+    batch_size: int
+    baseline_throughput: float = Field(description="Median over the baseline's windows.")
+    engine_throughput: float = Field(description="Median over the engine's windows.")
+    ratios: list[float] = Field(description="Engine / baseline throughput of each pair of windows.")
+    speedup: float = Field(description="Median of the ratios.")
+
+
 class BuildReport(ObservedModel):
     """Everything a build did and measured; written as ``report.json``."""
 
@@ -139,7 +154,9 @@ class BuildReport(ObservedModel):
     baseline: PerformanceProfile | None = None
     candidates: list[Candidate] = Field(default_factory=list)
     selected: str | None = None
-    speedup: float | None = None
+    speedup: float | None = Field(default=None, description="speedupCheck.speedup: the selected engine "
+                                  "over the baseline, timed in the same window.")
+    speedup_check: SpeedupCheck | None = None
     accuracy: AccuracyResult | None = None
     calibration_source: Literal["uri", "synthetic", "none"] = "none"
     versions: dict[str, str] = Field(default_factory=dict)
@@ -167,6 +184,13 @@ class BuildSummary(ObservedModel):
     def from_report(cls, report: BuildReport, report_uri: str | None = None) -> "BuildSummary":
         sel = next((c for c in report.candidates if c.name == report.selected), None)
         perf = sel.performance if sel else None
+        check = report.speedup_check
+        if check is not None:  # the throughputs the speedup was computed from
+            baseline_tp, engine_tp, batch = check.baseline_throughput, check.engine_throughput, check.batch_size
+        else:
+            baseline_tp = report.baseline.headline.throughput if report.baseline else None
+            engine_tp = perf.headline.throughput if perf else None
+            batch = perf.headline.batch_size if perf else None
         return cls(
             succeeded=report.succeeded,
             build_key=report.build_key,
@@ -176,9 +200,9 @@ class BuildSummary(ObservedModel):
             speedup=report.speedup,
             accuracy_metric=report.accuracy.metric if report.accuracy else None,
             accuracy_value=report.accuracy.value if report.accuracy else None,
-            baseline_throughput=report.baseline.headline.throughput if report.baseline else None,
-            optimized_throughput=perf.headline.throughput if perf else None,
-            batch_size=perf.headline.batch_size if perf else None,
+            baseline_throughput=baseline_tp,
+            optimized_throughput=engine_tp,
+            batch_size=batch,
             report_uri=report_uri,
         )
 

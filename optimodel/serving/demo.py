@@ -288,7 +288,12 @@ def main(argv: list[str] | None = None) -> int:
         f"  engine       {report.selected} (precision {report.engine.precision if report.engine else '?'}, "
         f"target {report.engine.target if report.engine else '?'})",
     ]
-    if base and opt:
+    check = report.speedup_check
+    if check and report.baseline:
+        lines.append(f"  throughput   baseline {check.baseline_throughput:.1f} seq/s ({report.baseline.runtime}, "
+                     f"batch {check.batch_size}) -> optimized {check.engine_throughput:.1f} seq/s "
+                     f"= {check.speedup:.2f}x (median of {len(check.ratios)} same-window pairs)")
+    elif base and opt:
         lines.append(f"  throughput   baseline {base.throughput:.1f} seq/s ({report.baseline.runtime}, "
                      f"batch {base.batch_size}) -> optimized {opt.throughput:.1f} seq/s "
                      f"= {report.speedup or opt.throughput / base.throughput:.2f}x")

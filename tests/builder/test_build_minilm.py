@@ -8,6 +8,7 @@ test tightens the gate so that the INT8 candidates fail and a slower FP32 one mu
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 from google.protobuf import text_format
@@ -94,10 +95,19 @@ def test_report_selects_a_passing_candidate_faster_than_nothing(built):
     assert report.accuracy.passed and report.accuracy.samples == 32
     assert report.accuracy.value == pytest.approx(min(report.accuracy.per_output.values()))
     assert selected.accuracy.value <= 1.0 + 1e-6 and selected.accuracy.threshold == 0.99
-    # The speedup is the selected candidate's headline throughput over the baseline's, same batch.
+    # Each candidate's sweep speedup is its headline throughput over the baseline's, same batch.
     assert selected.performance.headline.batch_size == report.baseline.headline.batch_size
-    assert selected.speedup == report.speedup == pytest.approx(
+    assert selected.speedup == pytest.approx(
         selected.performance.headline.throughput / report.baseline.headline.throughput, abs=1e-3)
+    # The published speedup is the selected engine re-timed against the baseline in alternating
+    # windows at that batch: the median of the per-pair ratios, not the sweep's.
+    check = report.speedup_check
+    assert check.batch_size == report.baseline.headline.batch_size and len(check.ratios) == 4  # --quick
+    assert report.speedup == check.speedup == pytest.approx(statistics.median(check.ratios), abs=1e-3)
+    assert min(check.ratios) <= check.speedup <= max(check.ratios)
+    summary = BuildSummary.from_report(report)
+    assert (summary.speedup, summary.baseline_throughput, summary.optimized_throughput) == (
+        check.speedup, check.baseline_throughput, check.engine_throughput)
     assert report.engine.platform == "onnxruntime_onnx" and report.engine.model_name == "model"
     assert report.engine.size_bytes == (built["out"] / "repository/model/1/model.onnx").stat().st_size
     assert report.calibration_source == "none"
