@@ -35,6 +35,7 @@ STATIC_INT8_OPS = ["Conv", "MatMul", "Gemm"]
 NORM_OPS = {"LayerNormalization", "SkipLayerNormalization", "EmbedLayerNormalization",
             "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization"}
 ACTIVATION_OPS = {"Gelu", "BiasGelu", "FastGelu", "QuickGelu", "Relu", "Erf", "Tanh", "Sigmoid"}
+ELEMENTWISE_OPS = {"Mul", "Add", "Div", "Sub", "Cast"}  # what an exported GELU is made of
 
 
 @contextlib.contextmanager
@@ -175,8 +176,31 @@ def activation_fed_matmuls(path: Path) -> list[str]:
 
     model = onnx.load(str(path), load_external_data=False)
     producer = {o: n for n in model.graph.node for o in n.output}
-    return [n.name for n in _weight_matmuls(model)
-            if n.input[0] in producer and producer[n.input[0]].op_type in ACTIVATION_OPS]
+
+    def fed_by_activation(tensor: str, depth: int = 4) -> bool:
+        # A fused graph feeds the MatMul from Gelu/BiasGelu directly; an exported one computes
+        # GELU as x * 0.5 * (1 + erf(x / sqrt 2)), so look back through a few elementwise ops.
+        node = producer.get(tensor)
+        if node is None:
+            return False
+        if node.op_type in ACTIVATION_OPS:
+            return True
+        return depth > 0 and node.op_type in ELEMENTWISE_OPS and any(
+            fed_by_activation(i, depth - 1) for i in node.input)
+
+    return [n.name for n in _weight_matmuls(model) if fed_by_activation(n.input[0])]
+
+
+def activation_matmuls(path: Path) -> list[str]:
+    """MatMuls of two activations (attention's Q.K^T and scores.V): no constant weight to
+    quantize per channel, and activations on both sides whose ranges vary per sample."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    constants = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in model.graph.node if n.op_type == "MatMul"
+            and not any(i in inits or i in constants for i in n.input)]
 
 
 def smooth_norm_inputs(src: Path, dst: Path, calibration: Feeds, threads: int, alpha: float = 0.5) -> tuple[Path, int]:
