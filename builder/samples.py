@@ -140,7 +140,8 @@ CALIBRATION_SENTENCES = (
     "The tennis champion announced her retirement after twenty years.",
     "Please keep your seatbelt fastened while the sign is illuminated.",
 )
-"""Built-in text calibration set (used only with ``calibration.synthetic``); disjoint from held-out."""
+"""Built-in text calibration set (used only with ``calibration.synthetic``); disjoint from the selection
+and report sentences."""
 
 MAX_HELD_OUT = 64  # per evaluation set drawn from user data
 SELECTION_SEED, REPORT_SEED, CALIBRATION_SEED = 1234, 4321, 99  # seeded random inputs, one per set
