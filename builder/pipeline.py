@@ -346,7 +346,7 @@ class Build:
                                   on_cpu=not self.device.startswith("cuda"), has_calibration=has_calibration,
                                   compute_capability=float(gpu.compute_capability) if gpu else None)
 
-    def _candidates(self, model: LoadedModel, graph: Path, calib) -> list[Variant]:
+    def _candidates(self, model: LoadedModel, graph: Path, calibration: samples.Feeds | None) -> list[Variant]:
         """One variant per row of ``recipes.plan``: made, skipped (with why) or failed (with why)."""
         out = self.work / "candidates"
         out.mkdir(parents=True, exist_ok=True)
@@ -356,10 +356,9 @@ class Build:
                                                     use_gpu=self.device.startswith("cuda"))
             base_note = ("transformer fusion: " + ", ".join(f"{k} x{v}" for k, v in sorted(stats.items()))
                          if stats else "transformer fusion found nothing to fuse")
-        cal_feeds = calib
-        inputs = recipes.Inputs(graph=graph, base=base, calibration=cal_feeds, threads=self.opts.threads,
+        inputs = recipes.Inputs(graph=graph, base=base, calibration=calibration, threads=self.opts.threads,
                                 base_note=base_note)
-        cond = self._conditions(cal_feeds is not None)
+        cond = self._conditions(calibration is not None)
         for recipe in recipes.plan(self.target, self.opt.precision):
             variant = Variant(Candidate(name=recipe.name, precision=recipe.precision, target=self.target,
                                         status="OK"))
