@@ -29,18 +29,11 @@ set -euo pipefail
 
 ARGOCD_VERSION="${ARGOCD_VERSION:-v3.2.11}"
 
-CACHE="${OPTIMODEL_CACHE:-$HOME/.cache/optimodel}"
+LOG_NAME=install-argocd
+# shellcheck source=hack/go-env.sh
+. "$(dirname "$0")/go-env.sh"
 BIN="$CACHE/bin/argocd-$ARGOCD_VERSION"
-WORK="$CACHE/src"
 mkdir -p "$BIN" "$WORK"
-
-export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-mod=mod
-export GOPROXY="${GOPROXY:-https://proxy.golang.org,direct}"
-
-log() { printf '[install-argocd %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-fail() { log "FAILED: $*"; exit 1; }
-
-have() { [ -x "$BIN/$1" ]; }
 
 build_argocd() {
   local dir="$WORK/argocd-$ARGOCD_VERSION"

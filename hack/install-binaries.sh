@@ -14,18 +14,11 @@ ETCD_VERSION="${ETCD_VERSION:-v3.6.5}"
 KWOK_VERSION="${KWOK_VERSION:-v0.7.0}"
 HELM_VERSION="${HELM_VERSION:-v3.19.5}"
 
-CACHE="${OPTIMODEL_CACHE:-$HOME/.cache/optimodel}"
+LOG_NAME=install-binaries
+# shellcheck source=hack/go-env.sh
+. "$(dirname "$0")/go-env.sh"
 BIN="$CACHE/bin/kube-$KUBE_VERSION"
-WORK="$CACHE/src"
 mkdir -p "$BIN" "$WORK"
-
-export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-mod=mod
-export GOPROXY="${GOPROXY:-https://proxy.golang.org,direct}"
-
-log() { printf '[install-binaries %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-fail() { log "FAILED: $*"; exit 1; }
-
-have() { [ -x "$BIN/$1" ]; }
 
 # --- Kubernetes: wrapper module replacing every staging module with its v0.X.Y tag ----------
 build_kube() {
