@@ -48,15 +48,25 @@ def headline_batch(sweep: list[int]) -> int:
     return max(small) if small else min(sweep)
 
 
-def measure_batch(runner: Runner, samples: SampleSet, batch: int, cfg: BenchConfig) -> LatencyStats:
-    prepared = runner.prepare(samples.batch(batch))
+def _window(runner: Runner, prepared, calls: int, batch: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        runner.run_prepared(prepared)
+    return batch * calls / (time.perf_counter() - start)
+
+
+def _calls_per_window(runner: Runner, prepared, cfg: BenchConfig) -> int:
+    """Warm up, then size a window from one timed call so that it lasts about ``window_s``."""
     for _ in range(cfg.warmup_calls):
         runner.run_prepared(prepared)
-    # Size the window from one timed call so each window is about window_s long.
     t0 = time.perf_counter()
     runner.run_prepared(prepared)
-    one = max(time.perf_counter() - t0, 1e-6)
-    calls = max(cfg.min_calls_per_window, int(cfg.window_s / one))
+    return max(cfg.min_calls_per_window, int(cfg.window_s / max(time.perf_counter() - t0, 1e-6)))
+
+
+def measure_batch(runner: Runner, samples: SampleSet, batch: int, cfg: BenchConfig) -> LatencyStats:
+    prepared = runner.prepare(samples.batch(batch))
+    calls = _calls_per_window(runner, prepared, cfg)
     windows: list[tuple[float, list[float]]] = []
     while True:
         lat = []
@@ -109,21 +119,6 @@ def preferred_batch_sizes(perf: PerformanceProfile) -> list[int]:
         if s.throughput >= 0.9 * best:
             return [s.batch_size] if s.batch_size > 1 else []
     return []
-
-
-def _window(runner: Runner, prepared, calls: int, batch: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        runner.run_prepared(prepared)
-    return batch * calls / (time.perf_counter() - start)
-
-
-def _calls_per_window(runner: Runner, prepared, cfg: BenchConfig) -> int:
-    for _ in range(cfg.warmup_calls):
-        runner.run_prepared(prepared)
-    t0 = time.perf_counter()
-    runner.run_prepared(prepared)
-    return max(cfg.min_calls_per_window, int(cfg.window_s / max(time.perf_counter() - t0, 1e-6)))
 
 
 def speedup_check(engine: Runner, baseline: Runner, samples: SampleSet, batch: int, cfg: BenchConfig,

@@ -14,6 +14,9 @@ import platform
 from dataclasses import dataclass
 
 THREADS_ENV = "OPTIMODEL_THREADS"
+CGROUP2_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+CGROUP1_CFS_QUOTA = "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"
+CGROUP1_CFS_PERIOD = "/sys/fs/cgroup/cpu/cpu.cfs_period_us"
 
 
 def cpu_threads() -> int:
@@ -34,11 +37,6 @@ def cpu_threads() -> int:
     if quota is not None:
         cpus = min(cpus, int(quota))
     return max(1, cpus)
-
-
-CGROUP2_CPU_MAX = "/sys/fs/cgroup/cpu.max"
-CGROUP1_CFS_QUOTA = "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"
-CGROUP1_CFS_PERIOD = "/sys/fs/cgroup/cpu/cpu.cfs_period_us"
 
 
 def _read(path: str) -> str | None:

@@ -429,18 +429,11 @@ class Build:
         for variant in self.variants:
             if variant.candidate.status != "OK":
                 continue
-            # Each sample alone and in batches: Triton's dynamic batcher forms any batch, and some
-            # engines (dynamic INT8: activation ranges measured per batch) answer differently
-            # per batch composition. The gate holds for the worst of them.
             try:
-                results = [verify.compare(self.reference, self._run_all(variant.runner, held, chunk),
-                                          gate.metric, gate.threshold, held.token_mask)
-                           for chunk in (1, None)]
+                result = self._accuracy(variant.runner, self.reference, held, "selection")
             except Exception as exc:
                 _fail(variant, f"fails on the selection samples: {type(exc).__name__}: {str(exc)[:300]}")
                 continue
-            result = verify.worst(results, gate.metric).model_copy(
-                update={"sample_set": "selection", "source": held.source})
             variant.candidate.accuracy = result
             log.info("candidate %s: %s %.6f (threshold %s) -> %s", variant.candidate.name, result.metric,
                      result.value, result.threshold, "pass" if result.passed else "FAIL")
@@ -451,6 +444,17 @@ class Build:
                              f"({gate.metric} {'<=' if gate.metric in verify.LOWER_IS_BETTER else '>='} "
                              f"{gate.threshold} on {held.count} selection samples, {held.source}): {detail}")
         return self.variants
+
+    def _accuracy(self, runner: Runner, reference: dict[str, np.ndarray], sample_set: samples.SampleSet,
+                  role: str) -> AccuracyResult:
+        """One engine against the source's outputs on one sample set, each sample alone and in
+        batches (Triton's dynamic batcher forms any batch, and some engines, e.g. dynamic INT8 with
+        activation ranges measured per batch, answer differently per batch composition): the worst."""
+        gate = self.opt.accuracy
+        result = verify.worst([verify.compare(reference, self._run_all(runner, sample_set, chunk), gate.metric,
+                                              gate.threshold, sample_set.token_mask) for chunk in (1, None)],
+                              gate.metric)
+        return result.model_copy(update={"sample_set": role, "source": sample_set.source})
 
     def _describe_accuracy(self, variants: list[Variant]) -> str:
         return ", ".join(f"{v.candidate.name} {v.candidate.accuracy.value:.4f}"
@@ -513,10 +517,7 @@ class Build:
         def measure(candidate: Candidate) -> AccuracyResult:
             runner = by_candidate[id(candidate)].runner
             assert runner
-            result = verify.worst([verify.compare(self.report_reference, self._run_all(runner, report_set, chunk),
-                                                  gate.metric, gate.threshold, report_set.token_mask)
-                                   for chunk in (1, None)], gate.metric)
-            return result.model_copy(update={"sample_set": "report", "source": report_set.source})
+            return self._accuracy(runner, self.report_reference, report_set, "report")
 
         confirmed = selection.confirm([v.candidate for v in self.ranked], measure, gate.threshold)
         if confirmed.warning:

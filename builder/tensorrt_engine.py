@@ -2,10 +2,11 @@
 
 Written against the TensorRT >= 10 Python API. Precision comes from the graph (strongly typed
 network): FP16/BF16 graphs are converted ONNX, INT8/FP8 graphs carry explicit Q/DQ nodes, so no
-precision flags are set; TF32 is cleared, as in the PyTorch baseline, so FP32 means FP32. One optimization profile spans batch 1..maxBatchSize (opt = the
-headline batch) and, for text models, sequence 1..max (opt = the benchmark length). A timing
-cache in the work directory makes rebuilds of sibling candidates faster. Engines only load on
-the GPU architecture and TensorRT version they were built with; both go into the report.
+precision flags are set; TF32 is cleared, as in the PyTorch baseline, so FP32 means FP32. One
+optimization profile spans batch 1..maxBatchSize (opt = the headline batch) and, for text
+models, sequence 1..max (opt = the benchmark length). A timing cache in the work directory makes
+rebuilds of sibling candidates faster. Engines only load on the GPU architecture and TensorRT
+version they were built with; both go into the report.
 
 Nothing here is imported unless a GPU and the ``tensorrt`` package are present.
 """

@@ -40,17 +40,21 @@ def max_abs(ref: np.ndarray, out: np.ndarray) -> float:
 
 
 def top1_agreement(ref: np.ndarray, out: np.ndarray, positions: np.ndarray | None = None) -> float:
-    """Fraction of argmax (last axis) positions that agree; ``positions`` (bool, the argmax's
-    shape) limits it to real tokens."""
+    """Fraction of argmax (last axis) positions that agree; ``positions`` (bool, broadcastable to
+    the argmax's shape) limits it to real tokens."""
     agree = ref.argmax(axis=-1) == out.argmax(axis=-1)
-    return float(agree[positions].mean() if positions is not None and positions.any() else agree.mean())
+    if positions is None:
+        return float(agree.mean())
+    positions = np.broadcast_to(positions, agree.shape)
+    return float(agree[positions].mean() if positions.any() else agree.mean())
 
 
-def _positions(ref: np.ndarray, token_mask: np.ndarray | None) -> np.ndarray | None:
+def real_tokens(ref: np.ndarray, token_mask: np.ndarray | None) -> np.ndarray | None:
+    """For a per-token output (``[N, T, ...]`` matching the ``[N, T]`` mask): the mask as bools,
+    shaped to broadcast over the output's trailing axes. None for other outputs."""
     if token_mask is None or ref.ndim < 3 or ref.shape[:2] != token_mask.shape:
         return None
-    return np.broadcast_to(token_mask.astype(bool).reshape(token_mask.shape + (1,) * (ref.ndim - 3)),
-                           ref.shape[:-1])
+    return token_mask.astype(bool).reshape(token_mask.shape + (1,) * (ref.ndim - 2))
 
 
 METRICS = {"cosine": cosine_min, "max-abs": max_abs, "top1-agreement": top1_agreement}
@@ -61,19 +65,6 @@ def passes(metric: str, value: float, threshold: float) -> bool:
     if not math.isfinite(value):
         return False
     return value <= threshold if metric in LOWER_IS_BETTER else value >= threshold
-
-
-def only_real_tokens(ref: np.ndarray, out: np.ndarray, token_mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """``ref`` and ``out`` with padding positions set equal (zero) in both, for per-token outputs
-    (shape ``[N, T, ...]`` matching the ``[N, T]`` mask); other outputs unchanged.
-
-    Zeroed in both, a position adds nothing to a cosine's dot product or norms and no difference
-    to max-abs; top-1 agreement drops those positions instead (see ``top1_agreement``).
-    """
-    if token_mask is None or ref.ndim < 3 or ref.shape[:2] != token_mask.shape:
-        return ref, out
-    keep = token_mask.astype(bool).reshape(token_mask.shape + (1,) * (ref.ndim - 2))
-    return np.where(keep, ref, 0), np.where(keep, out, 0)
 
 
 def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
@@ -87,10 +78,13 @@ def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
         if out is None or out.shape != ref.shape:
             per_output[name] = math.inf if metric in LOWER_IS_BETTER else -1.0
             continue
-        if metric == "top1-agreement":
-            per_output[name] = top1_agreement(ref, out, _positions(ref, token_mask))
-        else:
-            per_output[name] = fn(*only_real_tokens(ref, out, token_mask))
+        keep = real_tokens(ref, token_mask)
+        if keep is None:
+            per_output[name] = fn(ref, out)
+        elif metric == "top1-agreement":  # padding positions are dropped
+            per_output[name] = top1_agreement(ref, out, keep[..., 0])
+        else:  # zeroed in both: nothing to a cosine's dot product or norms, no max-abs difference
+            per_output[name] = fn(np.where(keep, ref, 0), np.where(keep, out, 0))
     values = list(per_output.values())
     value = max(values) if metric in LOWER_IS_BETTER else min(values)
     samples = len(next(iter(reference.values())))

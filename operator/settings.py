@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ENV_PREFIX = "OPTIMODEL_"
 
 DEFAULT_GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-
-
-EMPTY_TURNS_OFF = {"triton_tensorrt_version"}  # set but empty: the check is off (elsewhere: the default)
 
 
 class OperatorSettings(BaseModel):
@@ -165,15 +162,17 @@ class OperatorSettings(BaseModel):
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "OperatorSettings":
-        """Build settings from the environment; unknown OPTIMODEL_* variables are ignored."""
+        """Build settings from the environment; unknown OPTIMODEL_* variables are ignored. An empty
+        variable means the default, except for an optional setting that is on by default
+        (``triton_tensorrt_version``): there, empty turns it off."""
         env = os.environ if environ is None else environ
         values = {}
-        for name in cls.model_fields:
+        for name, field in cls.model_fields.items():
             raw = env.get(ENV_PREFIX + name.upper())
             if raw is not None and raw != "":
                 values[name] = raw
-            elif raw == "" and name in EMPTY_TURNS_OFF:
-                values[name] = None
+            elif raw == "" and field.default is not None and type(None) in get_args(field.annotation):
+                values[name] = None  # set but empty turns off a setting that is on by default
         return cls(**values)
 
     @classmethod
