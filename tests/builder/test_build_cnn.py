@@ -65,9 +65,8 @@ def test_onnx_build_with_calibration_file_and_static_int8(cnn, cnn_calibration, 
     assert report["selected"] == "onnxruntime-int8-qdq"
     # 40 samples of the user's data, three disjoint sets: 24 calibrate, 8 gate and choose among the
     # candidates, and the last 8 measure the selected engine once (the published accuracy).
-    assert cands["onnxruntime-int8-qdq"]["accuracy"] | {"perOutput": None} == {
-        **cands["onnxruntime-int8-qdq"]["accuracy"], "perOutput": None, "samples": 8, "sampleSet": "selection",
-        "source": "uri"}
+    picked = cands["onnxruntime-int8-qdq"]["accuracy"]
+    assert (picked["samples"], picked["sampleSet"], picked["source"]) == (8, "selection", "uri")
     assert report["accuracy"]["sampleSet"] == "report" and report["accuracy"]["samples"] == 8
     assert report["accuracy"]["source"] == "uri"
     print("int8-qdq top-1 agreement: selection", cands["onnxruntime-int8-qdq"]["accuracy"]["value"],
