@@ -11,10 +11,13 @@ Two builds by default:
   1. no calibration data (what `precision: auto` does with nothing but the model);
   2. with calibration.uri = a text file of real sentences (written here, disjoint from the
      held-out set), which adds the SmoothQuant and static Q/DQ INT8 candidates.
-The acceptance bar (selected engine >= 2.5x eager throughput at batch 8, min cosine >= 0.99)
-is checked for each. Results: bench/results/build_minilm.md (also printed).
+The acceptance bars (issue #13: >= 4.0x eager FP32 without calibration data, >= 4.5x with it,
+worst cosine >= 0.99 over every served output) are checked for each. A third section is the
+mixed-precision study behind the INT8 recipes: each MatMul's sensitivity to per-tensor dynamic
+INT8 (quantized alone), sensitivity-guided FP32 fallbacks, and per-token INT8, all measured in
+the same run. Results: bench/results/build_minilm.md (also printed).
 
-    PYTHONSAFEPATH=1 $(hack/python-env.sh)/bin/python bench/build_minilm.py [--only calibrated|plain]
+    PYTHONSAFEPATH=1 $(hack/python-env.sh)/bin/python bench/build_minilm.py [--only calibrated|plain|study]
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "build_minilm.md"
 SEQ_LEN = 128
 BATCH = 8
-BAR_SPEEDUP = 2.5
+# Issue #13's bars: with nothing but the model >= 4.0x eager FP32, with the 40 calibration
+# sentences >= 4.5x; both at a worst-case cosine >= 0.99 over every served output.
+BAR_SPEEDUP = {"plain": 4.0, "calibrated": 4.5}
 BAR_COSINE = 0.99
 
 # "User" calibration text for build 2: everyday sentences, none of them in the builder's
@@ -104,7 +109,7 @@ def headline(perf: dict | None) -> dict | None:
     return perf["headline"] if perf else None
 
 
-def table(report: dict, title: str) -> tuple[str, bool]:
+def table(report: dict, title: str, bar: float) -> tuple[str, bool]:
     base = headline(report["baseline"])
     rows = [f"### {title}", "",
             f"selected: **{report['selected']}**, calibration source: {report['calibrationSource']}, "
@@ -128,18 +133,82 @@ def table(report: dict, title: str) -> tuple[str, bool]:
     # The bar is judged on the published numbers: the same-window speedup check and the accuracy
     # on the report set (sentences no choice was made on), not the sweep and selection values.
     check, acc = report["speedupCheck"], report["accuracy"]
-    ok = check["speedup"] >= BAR_SPEEDUP and acc["value"] >= BAR_COSINE
+    ok = check["speedup"] >= bar and acc["value"] >= BAR_COSINE
     rows += ["", f"speedup check (alternating windows, batch {check['batchSize']}): per-pair ratios "
                  f"{', '.join(f'{r:.2f}' for r in check['ratios'])}; median **{check['speedup']:.2f}x**",
-             "", f"acceptance (>= {BAR_SPEEDUP}x eager FP32 and min cosine >= {BAR_COSINE}): "
+             "", f"acceptance (>= {bar}x eager FP32 and min cosine >= {BAR_COSINE}): "
                  f"**{'PASS' if ok else 'FAIL'}** ({check['speedup']:.2f}x, cosine {acc['value']:.4f} on "
                  f"{acc['samples']} {acc.get('sampleSet', 'held-out')} samples, every served output)", ""]
     return "\n".join(rows), ok
 
 
+def sensitivity_study(root: Path) -> str:
+    """Which MatMuls does per-tensor dynamic INT8 hurt, and what does keeping the worst in FP32
+    buy, against one activation scale per token? Same graph, sentences and timing method as the
+    builder (selection sentences choose; report sentences are shown alongside)."""
+    from optimodel.api.spec import ModelSource
+    from optimodel.builder import benchmark, compress, hardware, samples, verify
+    from optimodel.builder.export import export_onnx
+    from optimodel.builder.loader import load
+    from optimodel.builder.runners import OrtRunner, TorchRunner
+
+    import numpy as np
+
+    root.mkdir(parents=True, exist_ok=True)
+    threads = hardware.cpu_threads()
+    hardware.set_torch_threads(threads)
+    model = load(ModelSource(uri="pvc://bench/minilm", format="huggingface"), minilm_path(), root)
+    sets = samples.evaluation_sets(model, None, from_user=False, quick=False)
+    graph = export_onnx(model, sets.selection.batch(2), root / "model.onnx")
+    fused, _ = compress.fuse_transformer(graph, root / "fused.onnx", model.transformer, use_gpu=False)
+    eager = TorchRunner(model.module, [i.name for i in model.inputs], [o.name for o in model.outputs], "cpu")
+
+    def outputs(runner, held, chunk):
+        parts: dict[str, list] = {}
+        for start in range(0, held.count, chunk):
+            for name, arr in runner({k: v[start:start + chunk] for k, v in held.feeds.items()}).items():
+                parts.setdefault(name, []).append(arr)
+        return {k: np.concatenate(v) for k, v in parts.items()}
+
+    refs = {role: outputs(eager, held, 16) for role, held in (("selection", sets.selection), ("report", sets.report))}
+
+    def cosine(runner, role="selection", chunks=(1, 16)) -> float:
+        held = getattr(sets, role)
+        return min(verify.compare(refs[role], outputs(runner, held, c), "cosine", BAR_COSINE, held.token_mask).value
+                   for c in chunks)
+
+    targets = compress.dynamic_int8_targets(fused)
+    alone = {}
+    for t in targets:
+        path = compress.quantize_int8_dynamic(fused, root / "alone.onnx", exclude=[x for x in targets if x != t])
+        alone[t] = cosine(OrtRunner(path, threads), chunks=(16,))
+    ranked = sorted(targets, key=lambda t: alone[t])
+    rows = ["### mixed-precision study (no calibration data)", "",
+            f"Each of the {len(targets)} weight MatMuls quantized alone with per-tensor dynamic INT8 (the rest FP32): "
+            "worst cosine over both outputs, 32 selection sentences in batches of 16. Most sensitive first:", "",
+            "| MatMul | worst cosine, quantized alone |", "| --- | ---: |"]
+    rows += [f"| {t} | {alone[t]:.5f} |" for t in ranked[:8]]
+    rows += [f"| ... {len(ranked) - 8} more, the least sensitive at {alone[ranked[-1]]:.5f} | |", "",
+             "Whole graphs: worst cosine over both outputs, each sentence alone and in batches of 16; speedup vs "
+             f"PyTorch eager FP32 at batch {BATCH} (alternating windows, median of 4 pairs).", "",
+             "| graph | selection cosine | report cosine | speedup |", "| --- | ---: | ---: | ---: |"]
+    variants = [("per-tensor dynamic INT8, every MatMul", lambda p: compress.quantize_int8_dynamic(fused, p))]
+    for k in (3, 6):
+        variants.append((f"per-tensor dynamic INT8, the {k} most sensitive kept FP32",
+                         lambda p, k=k: compress.quantize_int8_dynamic(fused, p, exclude=ranked[:k])))
+    variants.append(("per-token dynamic INT8 (the onnxruntime-int8-per-token recipe)",
+                     lambda p: compress.quantize_int8_per_token(fused, p)[0]))
+    cfg = benchmark.BenchConfig.quick()
+    for i, (name, make) in enumerate(variants):
+        runner = OrtRunner(make(root / f"variant{i}.onnx"), threads)
+        check = benchmark.speedup_check(runner, eager, sets.selection, BATCH, cfg, pairs=4)
+        rows.append(f"| {name} | {cosine(runner):.4f} | {cosine(runner, 'report'):.4f} | {check.speedup:.2f}x |")
+    return "\n".join(rows + [""])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["plain", "calibrated"], default=None)
+    parser.add_argument("--only", choices=["plain", "calibrated", "study"], default=None)
     args = parser.parse_args(argv)
     from optimodel.builder.samples import HELD_OUT_SENTENCES
 
@@ -162,18 +231,27 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             spec = {"model": model, "optimization": {"precision": "auto", "maxBatchSize": 64, **extra}}
             report = run_build(spec, root / f"out-{key}", root / f"work-{key}")
-            text, ok = table(report, title)
+            text, ok = table(report, title, BAR_SPEEDUP[key])
             print("\n" + text, flush=True)
             sections.append(text)
             all_ok &= ok
-    versions = report["versions"]
+        if args.only in (None, "study"):
+            study = sensitivity_study(root / "study")
+            print("\n" + study, flush=True)
+            sections.append(study)
+    import onnxruntime
+    import torch
+
+    versions = {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
     header = [
         "# all-MiniLM-L6-v2: `optimodel build` on CPU", "",
         f"Measured {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by `bench/build_minilm.py` "
         f"(torch {versions.get('torch')}, onnxruntime {versions.get('onnxruntime')}). Batch {BATCH}, sequence "
         f"{SEQ_LEN} (real sentences padded to {SEQ_LEN}), baseline and candidates in the same build with the "
-        "same thread count. Accuracy: minimum cosine similarity of the mean-pooled, L2-normalised sentence "
-        "embeddings vs PyTorch FP32 over the builder's held-out sentences. Timings on a shared 2-core machine "
+        "same thread count. Accuracy: the worst cosine similarity vs PyTorch FP32 over every served output "
+        "(the normalised sentence embedding, and last_hidden_state on real tokens), each sentence alone and in "
+        "batches; candidates are gated on the selection sentences, the published number is the selected "
+        "engine's on the separate report sentences. Timings on a shared 2-core machine "
         "vary from run to run; ratios within one run are what the acceptance bar uses.", "",
     ]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

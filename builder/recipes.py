@@ -126,14 +126,10 @@ def _int8_dynamic(i: Inputs, out: Path) -> Made:
     return compress.quantize_int8_dynamic(i.base, out), None
 
 
-def _int8_dynamic_mixed(i: Inputs, out: Path) -> Made:
-    targets = _dynamic_targets(i)
-    keep = compress.activation_fed_matmuls(i.base)
-    if not keep or not set(targets) - set(keep):
-        raise Skip("no activation-fed matrix products (FFN down-projections) to keep in FP32 while "
-                   "quantizing the rest")
-    return (compress.quantize_int8_dynamic(i.base, out, exclude=keep),
-            f"{len(keep)} FFN down-projections kept in FP32")
+def _int8_per_token(i: Inputs, out: Path) -> Made:
+    _dynamic_targets(i)
+    made, count = compress.quantize_int8_per_token(i.base, out)
+    return made, f"{count} MatMuls with one activation scale per token; fused attention per tensor"
 
 
 def _int8_smoothquant(i: Inputs, out: Path) -> Made:
@@ -192,7 +188,7 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("onnxruntime-fp16", "onnxruntime", "fp16", _fp16, _fp16_on_ort),
     Recipe("onnxruntime-bf16", "onnxruntime", "bf16", _bf16, _bf16_on_ort),
     Recipe("onnxruntime-int8-dynamic", "onnxruntime", "int8", _int8_dynamic, _cpu_only),
-    Recipe("onnxruntime-int8-dynamic-mixed", "onnxruntime", "int8", _int8_dynamic_mixed, _cpu_only),
+    Recipe("onnxruntime-int8-per-token", "onnxruntime", "int8", _int8_per_token, _cpu_only),
     Recipe("onnxruntime-int8-smoothquant", "onnxruntime", "int8", _int8_smoothquant, _smoothquant),
     Recipe("onnxruntime-int8-qdq", "onnxruntime", "int8", _int8_qdq_ort, _needs_calibration("static INT8 (Q/DQ)")),
     Recipe("onnxruntime-fp8", "onnxruntime", "fp8", _unreachable, _no_fp8_on_ort),

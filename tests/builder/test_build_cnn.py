@@ -60,7 +60,7 @@ def test_onnx_build_with_calibration_file_and_static_int8(cnn, cnn_calibration, 
     assert report["baseline"]["runtime"].startswith("onnxruntime")
     assert report["calibrationSource"] == "uri"
     cands = {c["name"]: c for c in report["candidates"]}
-    assert set(cands) == {"onnxruntime-int8-dynamic", "onnxruntime-int8-dynamic-mixed",
+    assert set(cands) == {"onnxruntime-int8-dynamic", "onnxruntime-int8-per-token",
                           "onnxruntime-int8-smoothquant", "onnxruntime-int8-qdq"}
     assert report["selected"] == "onnxruntime-int8-qdq"
     # 40 samples of the user's data, three disjoint sets: 24 calibrate, 8 gate and choose among the

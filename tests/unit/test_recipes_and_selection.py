@@ -32,8 +32,8 @@ def tried(cond: recipes.Conditions, precision: str = "auto") -> list[str]:
 
 @pytest.mark.parametrize(("cond", "precision", "expected"), [
     # CPU, auto, no calibration: FP32 and the two calibration-free dynamic INT8 recipes.
-    (CPU, "auto", ["onnxruntime-fp32", "onnxruntime-int8-dynamic", "onnxruntime-int8-dynamic-mixed"]),
-    (CPU_CALIBRATED, "auto", ["onnxruntime-fp32", "onnxruntime-int8-dynamic", "onnxruntime-int8-dynamic-mixed",
+    (CPU, "auto", ["onnxruntime-fp32", "onnxruntime-int8-dynamic", "onnxruntime-int8-per-token"]),
+    (CPU_CALIBRATED, "auto", ["onnxruntime-fp32", "onnxruntime-int8-dynamic", "onnxruntime-int8-per-token",
                               "onnxruntime-int8-smoothquant", "onnxruntime-int8-qdq"]),
     # Asked for by name, FP16 is built even where it will not pay off.
     (CPU, "fp16", ["onnxruntime-fp16"]),
