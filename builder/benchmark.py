@@ -64,7 +64,22 @@ def _calls_per_window(runner: Runner, prepared, cfg: BenchConfig) -> int:
     return max(cfg.min_calls_per_window, int(cfg.window_s / max(time.perf_counter() - t0, 1e-6)))
 
 
-def measure_batch(runner: Runner, samples: SampleSet, batch: int, cfg: BenchConfig) -> LatencyStats:
+def sequence_lengths(seq_len: int | None, max_seq_len: int | None) -> list[int]:
+    """Sequence lengths besides ``seq_len`` to time a text engine at: a quarter, a half and
+    (within the model's limit) twice the benchmark length. An engine tuned for one shape
+    (TensorRT's optimization profile ``opt``) can be much slower at others, and requests come in
+    every length. Empty unless the sequence axis is dynamic up to ``max_seq_len > seq_len``
+    (an ONNX source's fixed shape cannot be fed anything else)."""
+    if not seq_len or not max_seq_len or max_seq_len <= seq_len:
+        return []
+    lengths = {max(8, seq_len // 4), max(8, seq_len // 2), min(max_seq_len, 2 * seq_len)}
+    return sorted(n for n in lengths if n != seq_len)
+
+
+def measure_batch(runner: Runner, samples: SampleSet, batch: int, cfg: BenchConfig,
+                  sequence_length: int | None = None) -> LatencyStats:
+    if sequence_length is not None:
+        samples = samples.at_length(sequence_length)
     prepared = runner.prepare(samples.batch(batch))
     calls = _calls_per_window(runner, prepared, cfg)
     windows: list[tuple[float, list[float]]] = []
@@ -87,7 +102,7 @@ def measure_batch(runner: Runner, samples: SampleSet, batch: int, cfg: BenchConf
                     runner.runtime, batch, cfg.max_repeats)
     lat_ms = np.array([x for w in last for x in w[1]]) * 1000.0
     return LatencyStats(
-        batch_size=batch,
+        batch_size=batch, sequence_length=sequence_length,
         p50_ms=round(float(np.percentile(lat_ms, 50)), 3),
         p99_ms=round(float(np.percentile(lat_ms, 99)), 3),
         throughput=round(float(np.mean([w[0] for w in last])), 2),
@@ -96,8 +111,9 @@ def measure_batch(runner: Runner, samples: SampleSet, batch: int, cfg: BenchConf
 
 
 def profile(runner: Runner, samples: SampleSet, sweep: list[int], headline: int,
-            cfg: BenchConfig) -> PerformanceProfile:
-    """The full sweep for one runner (baseline or candidate)."""
+            cfg: BenchConfig, lengths: list[int] = ()) -> PerformanceProfile:
+    """The full sweep for one runner (baseline or candidate): every batch size, then the headline
+    batch at each of ``lengths`` (sequence lengths other than the samples')."""
     stats = []
     for batch in sweep:
         s = measure_batch(runner, samples, batch, cfg)
@@ -105,7 +121,14 @@ def profile(runner: Runner, samples: SampleSet, sweep: list[int], headline: int,
                  runner.runtime, batch, s.throughput, s.p50_ms, s.p99_ms, s.repeats)
         stats.append(s)
     head = next(s for s in stats if s.batch_size == headline)
-    return PerformanceProfile(runtime=runner.runtime, device=runner.device, sweep=stats, headline=head)
+    shapes = []
+    for length in lengths:
+        s = measure_batch(runner, samples, headline, cfg, sequence_length=length)
+        log.info("  %-34s batch %3d, %4d tokens: %8.1f/s  p50 %7.2f ms", runner.runtime, headline, length,
+                 s.throughput, s.p50_ms)
+        shapes.append(s)
+    return PerformanceProfile(runtime=runner.runtime, device=runner.device, sweep=stats, headline=head,
+                              shapes=shapes)
 
 
 def preferred_batch_sizes(perf: PerformanceProfile) -> list[int]:

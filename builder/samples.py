@@ -169,6 +169,19 @@ class SampleSet:
     def head(self, n: int) -> "SampleSet":
         return SampleSet({k: v[:n] for k, v in self.feeds.items()}, self.source)
 
+    def at_length(self, length: int) -> "SampleSet":
+        """The samples cut or zero-padded to ``length`` tokens (axis 1 of every ``[N, T, ...]``
+        feed), for timing a text engine at another sequence length. Zero is BERT's [PAD] id and
+        a masked-out position; the answers are not checked, only the speed."""
+        def resize(v: np.ndarray) -> np.ndarray:
+            if v.ndim < 2 or v.shape[1] == length:
+                return v
+            if v.shape[1] > length:
+                return np.ascontiguousarray(v[:, :length])
+            pad = [(0, 0), (0, length - v.shape[1])] + [(0, 0)] * (v.ndim - 2)
+            return np.pad(v, pad)
+        return SampleSet({k: resize(v) for k, v in self.feeds.items()}, self.source)
+
 
 def tokenize(model: LoadedModel, sentences: list[str] | tuple[str, ...]) -> Feeds:
     """Sentences -> model inputs, padded to the benchmark sequence length (as served)."""

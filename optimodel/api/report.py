@@ -58,6 +58,8 @@ class LatencyStats(ObservedModel):
     """Latency and throughput at one batch size."""
 
     batch_size: int
+    sequence_length: int | None = Field(default=None, description=(
+        "Tokens per sample, for text models (None: the model's fixed input shape)."))
     p50_ms: float
     p99_ms: float
     throughput: float = Field(description="Samples (sequences, images) per second.")
@@ -71,6 +73,9 @@ class PerformanceProfile(ObservedModel):
     device: str
     sweep: list[LatencyStats]
     headline: LatencyStats = Field(description="The batch size the summary speedup is quoted at.")
+    shapes: list[LatencyStats] = Field(default_factory=list, description=(
+        "The headline batch at other sequence lengths (text models whose sequence axis is dynamic): "
+        "how the engine does away from the shape it was tuned for. Empty for fixed shapes."))
 
 
 class AccuracyResult(ObservedModel):
