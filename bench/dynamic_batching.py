@@ -46,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     from optimodel.api.spec import Serving
     from optimodel.serving import demo
     from optimodel.serving.loadgen import burst, median
-    from optimodel.serving.local_triton import LocalTriton
-    from optimodel.serving.stage import parse_config, render_config, stage_repository
+    from optimodel.triton.config import parse_config, render_config
+    from optimodel.triton.local import LocalTriton
+    from optimodel.triton.stage import stage_repository
 
     model_path = demo.minilm_dir()
     if args.build is None:

@@ -31,6 +31,7 @@ from optimodel.api.key import BUILDER_VERSION, build_key
 from optimodel.api.report import EXIT_CODES, BuildReport, BuildSummary
 from optimodel.api.spec import BuildSpec
 from optimodel.builder.errors import BuildError, classify
+from optimodel.triton import layout
 
 log = logging.getLogger("optimodel.builder")
 
@@ -145,7 +146,7 @@ def _cache_hit(spec: BuildSpec, key: str, output: str, model_name: str) -> Build
     if not (report.succeeded and report.build_key == key and report.engine
             and report.engine.model_name == model_name):
         return None
-    if not sources.exists(output, f"repository/{model_name}/config.pbtxt"):
+    if not sources.exists(output, layout.config_path("native", model_name)):
         return None
     return report
 

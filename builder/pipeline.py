@@ -27,11 +27,13 @@ from optimodel.api.report import (AccuracyResult, BuildReport, Candidate, Engine
                                   SpeedupCheck)
 from optimodel.api.spec import BuildSpec
 from optimodel.builder import (benchmark, compress, hardware, recipes, samples, selection, sources,
-                               triton_repo, verify)
+                               tensors, verify)
 from optimodel.builder.errors import BuildError, wrap
 from optimodel.builder.loader import LoadedModel, load
 from optimodel.builder.runners import OrtRunner, Runner, TorchRunner, ort_error_reason
 from optimodel.builder.steps import Skip, StepRunner
+from optimodel.triton import layout, repository
+from optimodel.triton.config import ModelSpec
 
 log = logging.getLogger("optimodel.builder")
 
@@ -128,13 +130,13 @@ class Build:
         if self.target == "tensorrt":
             from optimodel.builder.tensorrt_engine import version
 
-            runtime, platform = f"tensorrt {version()}", "tensorrt_plan"
+            runtime, platform = f"tensorrt {version()}", layout.TENSORRT_PLATFORM
         else:
             import onnxruntime
 
-            runtime, platform = f"onnxruntime {onnxruntime.__version__}", "onnxruntime_onnx"
+            runtime, platform = f"onnxruntime {onnxruntime.__version__}", layout.ONNXRUNTIME_PLATFORM
         return EngineInfo(
-            key=self.key, uri=f"{self.opts.output.rstrip('/')}/repository/{self.opts.model_name}",
+            key=self.key, uri=f"{self.opts.output.rstrip('/')}/{layout.NATIVE_DIR}/{self.opts.model_name}",
             model_name=self.opts.model_name, precision=sel.candidate.precision, target=self.target,
             platform=platform, gpu_product=gpu.product.replace(" ", "-") if gpu else None,
             compute_capability=gpu.compute_capability if gpu else None,
@@ -543,16 +545,17 @@ class Build:
         if stage.exists():
             shutil.rmtree(stage)
         stage.mkdir(parents=True)
-        spec = triton_repo.RepositorySpec(
-            name=self.opts.model_name, inputs=model.inputs, outputs=model.outputs,
+        spec = ModelSpec(
+            name=self.opts.model_name, inputs=[t.triton() for t in model.inputs],
+            outputs=[t.triton() for t in model.outputs],
             max_batch_size=self.opt.max_batch_size, gpu=self.device.startswith("cuda"),
             preferred_batch_sizes=benchmark.preferred_batch_sizes(sel.candidate.performance),
-            warmup=held.batch(1), cpu_threads=0,
+            warmup=tensors.warmup_samples(model.inputs, held.batch(1)), cpu_threads=0,
         )
         if self.target == "tensorrt":
-            triton_repo.write_tensorrt(stage, spec, sel.artifact)
+            repository.write_tensorrt(stage, spec, sel.artifact)
         else:
-            triton_repo.write_onnxruntime(stage, spec, sel.artifact)
+            repository.write_onnxruntime(stage, spec, sel.artifact)
         (stage / "report.json").write_text(self.report().model_dump_json(by_alias=True, indent=2,
                                                                           exclude_none=True))
         sources.publish(stage, self.opts.output)

@@ -7,9 +7,12 @@ here, so the repository's config.pbtxt always matches the graph it ships.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from optimodel.triton.config import Tensor, WarmupSample
 
 # Triton spelling (TYPE_ prefix dropped, as in the spec's TensorSpec) -> numpy dtype.
 TRITON_TO_NUMPY: dict[str, np.dtype] = {
@@ -49,7 +52,25 @@ class TensorInfo:
         """Shape without the batch axis, as Triton's config wants it (max_batch_size > 0)."""
         return self.shape[1:]
 
+    def triton(self) -> Tensor:
+        """This tensor as Triton's config declares it (``optimodel.triton.config``)."""
+        return Tensor(self.name, self.dtype, self.dims)
+
     def concrete(self, batch: int, seq_len: int | None = None, fill: int = 1) -> tuple[int, ...]:
         """A runnable shape: batch first, dynamic non-batch dims set to ``seq_len`` (or ``fill``)."""
         rest = tuple((seq_len or fill) if d < 0 else d for d in self.dims)
         return (batch, *rest)
+
+
+def warmup_samples(inputs: Sequence[TensorInfo], batch: Mapping[str, np.ndarray]) -> dict[str, WarmupSample]:
+    """The first sample of each input in ``batch`` as a Triton warmup file holds it.
+
+    Triton reads warmup files as the raw little-endian bytes of one sample.
+    """
+    samples = {}
+    for info in inputs:
+        sample = np.ascontiguousarray(batch[info.name][0].astype(info.numpy_dtype))
+        samples[info.name] = WarmupSample(
+            dims=tuple(int(d) for d in batch[info.name].shape[1:]),
+            data=sample.astype(sample.dtype.newbyteorder("<")).tobytes())
+    return samples

@@ -385,12 +385,12 @@ def start_prometheus_adapter(cluster_state, prom: HostProcess, api) -> HostProce
 
     The adapter runs on the host, listening on the node address; a selector-less Service with
     an Endpoints object points the APIService at it, as a cluster would point it at a pod. Its
-    rule is the one the chart ships (``optimodel.serving.metrics.adapter_rule``).
+    rule is the one the chart ships (``optimodel.triton.metrics.adapter_rule``).
     """
     from kubernetes import client
     from localcluster import free_port
 
-    from optimodel.serving.metrics import adapter_rule
+    from optimodel.triton.metrics import adapter_rule
 
     binary = Path(subprocess.run([str(REPO / "hack" / "install-autoscalers.sh")], check=True,
                                  capture_output=True, text=True).stdout.strip()) / "prometheus-adapter"

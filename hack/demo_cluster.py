@@ -62,7 +62,7 @@ class Timeline:
         self.pending_event = event
 
     def sample(self) -> dict:
-        from optimodel.serving.metrics import keda_query
+        from optimodel.triton.metrics import keda_query
 
         result = clusterstack.prometheus_query(self.prometheus, keda_query(NAMESPACE, MODEL))
         depth = float(result[0]["value"][1]) if result else 0.0

@@ -2,7 +2,7 @@
 """Write every generated file of the Helm chart and the plain manifests, or check they are fresh.
 
 Why generated: the CRD, the prometheus-adapter rule and the kubectl manifests each have one
-source of truth elsewhere (the pydantic API models, ``optimodel.serving.metrics``, the chart's
+source of truth elsewhere (the pydantic API models, ``optimodel.triton.metrics``, the chart's
 templates). Copies drift unless a machine writes them and a test (tests/chart/) fails when
 they are stale. Outputs:
 
@@ -112,12 +112,12 @@ def render_crd_template() -> str:
 
 
 def render_adapter_values() -> str:
-    from optimodel.serving.metrics import adapter_rule
+    from optimodel.triton.metrics import PENDING_REQUESTS_METRIC, adapter_rule
 
     return (
-        GENERATED.format(source="optimodel.serving.metrics.adapter_rule()")
+        GENERATED.format(source="optimodel.triton.metrics.adapter_rule()")
         + "# Values for the prometheus-community/prometheus-adapter chart: serves Triton's queue depth\n"
-        + "# (nv_inference_pending_request_count) per pod as a custom.metrics.k8s.io Pods metric, the\n"
+        + f"# ({PENDING_REQUESTS_METRIC}) per pod as a custom.metrics.k8s.io Pods metric, the\n"
         + "# metric of the HPAs the operator creates for autoscaling engine `hpa`:\n"
         + "#   helm install prometheus-adapter prometheus-community/prometheus-adapter -n monitoring \\\n"
         + "#     -f charts/optimodel/files/prometheus-adapter-values.yaml \\\n"

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import re
 
+from optimodel.triton.layout import TENSORRT_PLATFORM
+
 VERSION = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?(?:\.(\d+))?")
 COMPARED = 3  # major.minor.patch: TensorRT's engine compatibility unit (the build number may differ)
 
@@ -26,7 +28,7 @@ def tensorrt_mismatch(platform: str | None, runtime_version: str | None, triton_
                       triton_image: str) -> str | None:
     """Why a built engine cannot be served by the Triton image, or None when it can (or when
     the engine is not a TensorRT plan, or no Triton TensorRT version is configured)."""
-    if platform != "tensorrt_plan" or not triton_tensorrt:
+    if platform != TENSORRT_PLATFORM or not triton_tensorrt:
         return None
     built, serving = _parts(runtime_version or ""), _parts(triton_tensorrt)
     if built is None:

@@ -17,7 +17,7 @@ from optimodel.api.crd import GROUP, KIND, VERSION
 from optimodel.api.spec import BuildSpec, OptimizedModelSpec
 from optimodel.api.status import BenchmarkStatus, EngineStatus
 from optimodel.operator.settings import OperatorSettings
-from optimodel.serving.metrics import PENDING_REQUESTS_METRIC, keda_query
+from optimodel.triton.metrics import PENDING_REQUESTS_METRIC, keda_query
 from optimodel.storage import ARTIFACT_ENV_PREFIX
 
 MODEL_LABEL = "optimodel.dev/model"

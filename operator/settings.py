@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from optimodel.triton.layout import Layout
 
 ENV_PREFIX = "OPTIMODEL_"
 
@@ -56,7 +58,7 @@ class OperatorSettings(BaseModel):
         description="Image of build Jobs for models served on CPU (spec.serving.gpu.count 0), "
         "e.g. the Dockerfile target `builder-cpu`; unset = builder_image.",
     )
-    triton_repository_layout: Literal["native", "python"] = Field(
+    triton_repository_layout: Layout = Field(
         default="native",
         description="Which repository variant of a build the Triton image serves: native "
         "(ONNX Runtime / TensorRT backends, NVIDIA's image) or python (Python backend running "

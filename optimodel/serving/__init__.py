@@ -1,2 +1,2 @@
-"""Serving: the local Triton Inference Server, repository staging for Triton pods, and the
-queue-depth metric and queries the autoscalers use (see docs/serving.md)."""
+"""Serving commands: ``optimodel serve``, ``stage-repository``, ``tritonserver`` and ``demo``, and
+the load generator; the Triton machinery they use is ``optimodel.triton`` (see docs/serving.md)."""

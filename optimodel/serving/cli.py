@@ -13,7 +13,8 @@ import sys
 import threading
 from pathlib import Path
 
-from optimodel.serving.stage import LAYOUT_DIRS, Layout, StageError
+from optimodel.triton.layout import CONFIG_FILE, LAYOUT_DIRS, PYTHON_DIR, Layout
+from optimodel.triton.stage import StageError
 
 
 def resolve_local_repository(path: Path) -> Path:
@@ -22,12 +23,12 @@ def resolve_local_repository(path: Path) -> Path:
     The local Triton (pytriton wheel) has only the Python backend, so of a build output the
     Python-backend variant is served.
     """
-    if (path / LAYOUT_DIRS["python"]).is_dir():
-        return path / LAYOUT_DIRS["python"]
+    if (path / PYTHON_DIR).is_dir():
+        return path / PYTHON_DIR
     if (path / "report.json").is_file():
-        raise StageError(f"{path} is a build output without {LAYOUT_DIRS['python']}/ (a TensorRT "
+        raise StageError(f"{path} is a build output without {PYTHON_DIR}/ (a TensorRT "
                          "engine needs a GPU Triton with the TensorRT backend, not the local one)")
-    if (path / "config.pbtxt").is_file():
+    if (path / CONFIG_FILE).is_file():
         raise StageError(f"{path} is a model directory; pass the repository that contains it "
                          f"({path.parent})")
     return path
@@ -59,7 +60,7 @@ def serve_main(argv: list[str]) -> int:
     parser.add_argument("--log-verbose", type=int, default=0, help="Triton --log-verbose level")
     args = parser.parse_args(argv)
 
-    from optimodel.serving.local_triton import LocalTriton, TritonError
+    from optimodel.triton.local import LocalTriton, TritonError
 
     try:
         repository = resolve_local_repository(args.path)
@@ -130,7 +131,8 @@ def stage_main(argv: list[str]) -> int:
     from pydantic import ValidationError
 
     from optimodel.api.spec import Serving
-    from optimodel.serving.stage import parse_config, stage_repository
+    from optimodel.triton.config import parse_config
+    from optimodel.triton.stage import stage_repository
 
     try:
         serving = Serving.model_validate(json.loads(args.serving_json)) if args.serving_json else Serving()
@@ -144,7 +146,7 @@ def stage_main(argv: list[str]) -> int:
     except (StageError, OSError) as exc:
         print(f"optimodel stage-repository: {exc}", file=sys.stderr)
         return 1
-    config = parse_config((model_dir / "config.pbtxt").read_text())
+    config = parse_config((model_dir / CONFIG_FILE).read_text())
     batching = ("off" if not config.HasField("dynamic_batching") else
                 f"on (max_queue_delay_us={config.dynamic_batching.max_queue_delay_microseconds}, "
                 f"preferred={list(config.dynamic_batching.preferred_batch_size)})")
@@ -163,7 +165,7 @@ def tritonserver_main(argv: list[str]) -> int:
     ``--prepare-only`` assembles the Python backend directory and exits (the local Triton image
     does this at build time, so a read-only root filesystem works at run time).
     """
-    from optimodel.serving.local_triton import TritonError, exec_server, prepare_backend_dir
+    from optimodel.triton.local import TritonError, exec_server, prepare_backend_dir
 
     try:
         if argv == ["--prepare-only"]:

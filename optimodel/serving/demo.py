@@ -24,6 +24,9 @@ import sys
 import time
 from pathlib import Path
 
+from optimodel.triton.layout import CONFIG_FILE, ONNX_FILE, PYTHON_DIR, VERSION
+from optimodel.triton.metrics import PENDING_REQUESTS_METRIC
+
 DEFAULT_SENTENCES = [
     "A man is eating food.",
     "A man is eating a piece of bread.",
@@ -66,13 +69,15 @@ def build_spec(model_path: Path, precision: str = "auto") -> dict:
 
 
 def builder_code_digest() -> str:
-    """A digest of the code that makes a build: the builder package and the API models (the
-    package version alone does not change when the code does during development)."""
+    """A digest of the code that makes a build: the builder package, the API models and
+    ``optimodel.triton`` (config.pbtxt, the repository writers; the package version alone does not
+    change when the code does during development)."""
     import optimodel.api
     import optimodel.builder
+    import optimodel.triton
 
     digest = hashlib.sha256()
-    for package in (optimodel.builder, optimodel.api):
+    for package in (optimodel.builder, optimodel.api, optimodel.triton):
         root = Path(package.__file__).parent
         for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".tmpl") and p.is_file()):
             digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
@@ -89,7 +94,7 @@ def ensure_build(work: Path, spec: dict, model_name: str = MODEL_NAME, quick: bo
                                     sort_keys=True).encode()).hexdigest()[:12]
     out = work / f"build-{key}"
     report = out / "report.json"
-    if not rebuild and report.is_file() and (out / "repository-python" / model_name).is_dir():
+    if not rebuild and report.is_file() and (out / PYTHON_DIR / model_name).is_dir():
         if json.loads(report.read_text()).get("succeeded"):
             log(f"reusing the build in {out}")
             return out
@@ -132,9 +137,9 @@ class Tokenized:
         import numpy as np
         from transformers import AutoTokenizer
 
-        from optimodel.serving.stage import _mc
+        from optimodel.triton.config import model_config_pb2
 
-        mc = _mc()
+        mc = model_config_pb2()
         np_types = {mc.TYPE_INT64: np.int64, mc.TYPE_INT32: np.int32}
         tokenizer = AutoTokenizer.from_pretrained(str(model_path))
         encoded = tokenizer(sentences, padding="max_length", truncation=True, max_length=seq_len,
@@ -187,7 +192,7 @@ def engine_outputs(model_dir: Path, tokens: "Tokenized", output: str):
     import numpy as np
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"),
+    session = ort.InferenceSession(str(model_dir / VERSION / ONNX_FILE),
                                    providers=["CPUExecutionProvider"])
     return np.concatenate([session.run([output], row)[0] for row in tokens.rows()])
 
@@ -225,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from optimodel.api.report import BuildReport
     from optimodel.serving.loadgen import burst, infer
-    from optimodel.serving.local_triton import LocalTriton, TritonError
-    from optimodel.serving.stage import parse_config
+    from optimodel.triton.config import parse_config
+    from optimodel.triton.local import LocalTriton, TritonError
 
     failures: list[str] = []
     model_path = minilm_dir()
@@ -237,8 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"optimodel demo: build failed: {exc}", file=sys.stderr)
         return 1
     report = BuildReport.model_validate_json((out / "report.json").read_text())
-    repository = out / "repository-python"
-    config = parse_config((repository / MODEL_NAME / "config.pbtxt").read_text())
+    repository = out / PYTHON_DIR
+    config = parse_config((repository / MODEL_NAME / CONFIG_FILE).read_text())
     output = _embedding_output(config)
     tokens = Tokenized(model_path, config, DEFAULT_SENTENCES, _seq_len(config, args.seq_len))
     threshold = report.accuracy.threshold if report.accuracy else 0.99
@@ -309,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         f"`optimodel serve {out}` keeps one running)",
         f"  burst        {result.requests} requests, {args.concurrency} in flight (gRPC): "
         f"{result.throughput:.1f} req/s, p50 {result.p50_ms:.0f} ms, p99 {result.p99_ms:.0f} ms",
-        f"  queue depth  max {result.max_pending:.0f} pending (nv_inference_pending_request_count)",
+        f"  queue depth  max {result.max_pending:.0f} pending ({PENDING_REQUESTS_METRIC})",
         f"  avg batch    {result.avg_batch:.1f} ({result.inferences:.0f} inferences in "
         f"{result.executions:.0f} executions)",
     ]

@@ -16,8 +16,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from optimodel.serving.local_triton import LocalTriton, metric_value
-from optimodel.serving.metrics import PENDING_REQUESTS_METRIC
+from optimodel.triton.local import LocalTriton
+from optimodel.triton.metrics import (EXECUTION_COUNT_METRIC, INFERENCE_COUNT_METRIC, MODEL_LABEL,
+                                      PENDING_REQUESTS_METRIC, metric_value)
 
 _NP_TO_TRITON = {np.dtype(np.int64): "INT64", np.dtype(np.int32): "INT32",
                  np.dtype(np.float32): "FP32", np.dtype(np.float16): "FP16",
@@ -151,7 +152,8 @@ class _Sampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                value = metric_value(self.triton.metrics_text(), PENDING_REQUESTS_METRIC, model=self.model)
+                value = metric_value(self.triton.metrics_text(), PENDING_REQUESTS_METRIC,
+                                     **{MODEL_LABEL: self.model})
                 self.max_pending = max(self.max_pending, value)
             except OSError:
                 pass
@@ -168,8 +170,8 @@ class _Sampler:
 
 def _counters(triton: LocalTriton, model: str) -> tuple[float, float]:
     text = triton.metrics_text()
-    return (metric_value(text, "nv_inference_count", model=model),
-            metric_value(text, "nv_inference_exec_count", model=model))
+    return (metric_value(text, INFERENCE_COUNT_METRIC, **{MODEL_LABEL: model}),
+            metric_value(text, EXECUTION_COUNT_METRIC, **{MODEL_LABEL: model}))
 
 
 def _settled_counters(triton: LocalTriton, model: str, before: tuple[float, float],

@@ -18,7 +18,7 @@ import pytest
 
 from optimodel.api.report import EXIT_CODES
 from optimodel.api.spec import Serving
-from optimodel.serving.stage import StageError, stage_repository
+from optimodel.triton.stage import StageError, stage_repository
 from optimodel.storage import ARTIFACT_ENV_PREFIX
 
 pytestmark = pytest.mark.slow

@@ -86,13 +86,15 @@ def seq_model(tmp_path) -> Path:
 
 
 def _load_repository_model(tmp_path, onnx_path, fake_pb_utils):
-    from optimodel.builder.tensors import TensorInfo
-    from optimodel.builder.triton_repo import RepositorySpec, model_config, write_onnxruntime
+    from optimodel.builder.tensors import TensorInfo, warmup_samples
+    from optimodel.triton.config import ModelSpec, model_config
+    from optimodel.triton.repository import write_onnxruntime
 
-    spec = RepositorySpec(name="seq", inputs=[TensorInfo("ids", "INT64", (-1, -1))],
-                          outputs=[TensorInfo("total", "FP32", (-1,)), TensorInfo("scaled", "FP32", (-1, -1))],
-                          max_batch_size=8, gpu=False, preferred_batch_sizes=[4],
-                          warmup={"ids": np.ones((1, 5), np.int64)})
+    ids = TensorInfo("ids", "INT64", (-1, -1))
+    spec = ModelSpec(name="seq", inputs=[ids.triton()],
+                     outputs=[TensorInfo("total", "FP32", (-1,)).triton(), TensorInfo("scaled", "FP32", (-1, -1)).triton()],
+                     max_batch_size=8, gpu=False, preferred_batch_sizes=[4],
+                     warmup=warmup_samples([ids], {"ids": np.ones((1, 5), np.int64)}))
     write_onnxruntime(tmp_path / "out", spec, onnx_path)
     model_dir = tmp_path / "out" / "repository-python" / "seq"
     loader = importlib.util.spec_from_file_location("triton_model_under_test", model_dir / "1" / "model.py")

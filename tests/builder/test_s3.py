@@ -10,7 +10,8 @@ import pytest
 
 from optimodel.api.report import EXIT_CODES
 from optimodel.api.spec import Serving
-from optimodel.serving.stage import parse_config, stage_repository
+from optimodel.triton.config import parse_config
+from optimodel.triton.stage import stage_repository
 
 pytestmark = pytest.mark.slow
 

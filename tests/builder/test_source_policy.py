@@ -15,7 +15,7 @@ from optimodel.api.report import EXIT_CODES
 from optimodel.api.spec import BuildSpec
 from optimodel.builder import cli, sources
 from optimodel.builder.errors import BuildError
-from optimodel.serving.stage import StageError, local_path
+from optimodel.triton.stage import StageError, local_path
 
 PREFIXES = "s3://models/, hf://my-org/"
 

@@ -182,13 +182,14 @@ def test_config_renders_through_the_protobuf_and_parses_back():
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
 
-    from optimodel.builder.tensors import TensorInfo
-    from optimodel.builder.triton_repo import RepositorySpec, model_config, render
+    from optimodel.builder.tensors import TensorInfo, warmup_samples
+    from optimodel.triton.config import ModelSpec, model_config, render_config
 
-    spec = RepositorySpec(name="m", inputs=[TensorInfo("x", "FP32", (-1, 3, 4))],
-                          outputs=[TensorInfo("y", "BF16", (-1, 2))], max_batch_size=32, gpu=True,
-                          preferred_batch_sizes=[8, 64], warmup={"x": np.zeros((1, 3, 4), np.float32)})
-    text = render(model_config(spec, platform="tensorrt_plan"))
+    x = TensorInfo("x", "FP32", (-1, 3, 4))
+    spec = ModelSpec(name="m", inputs=[x.triton()], outputs=[TensorInfo("y", "BF16", (-1, 2)).triton()],
+                     max_batch_size=32, gpu=True, preferred_batch_sizes=[8, 64],
+                     warmup=warmup_samples([x], {"x": np.zeros((1, 3, 4), np.float32)}))
+    text = render_config(model_config(spec, platform="tensorrt_plan"))
     cfg = text_format.Parse(text, mc.ModelConfig())
     assert cfg.platform == "tensorrt_plan" and list(cfg.input[0].dims) == [3, 4]
     assert cfg.output[0].data_type == mc.TYPE_BF16

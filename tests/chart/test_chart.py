@@ -337,7 +337,7 @@ def test_plain_manifests_are_fresh(generator, helm_bin):
 
 
 def test_adapter_rule_reaches_the_configmap(helm_bin):
-    from optimodel.serving.metrics import adapter_rule
+    from optimodel.triton.metrics import adapter_rule
 
     (cm,) = [o for o in template({"prometheusAdapter.rulesConfigMap.enabled": True,
                                   "prometheusAdapter.rulesConfigMap.namespace": "monitoring"})

@@ -117,7 +117,7 @@ def test_real_build_from_job_args_then_real_staging(models, operator, operator_e
     init.args = [str(models_dir) if a == "/models" else a for a in init.args]
     staged = run_container(init, pvc_root)
     assert staged.returncode == 0, staged.stderr[-3000:]
-    from optimodel.serving.stage import parse_config
+    from optimodel.triton.config import parse_config
 
     config = parse_config((models_dir / "cnn" / "config.pbtxt").read_text())
     assert config.name == "cnn" and config.platform == "onnxruntime_onnx"

@@ -213,7 +213,7 @@ def tiny_onnx(tiny_encoder: TinyEncoder, tmp_path_factory: pytest.TempPathFactor
 
 @pytest.fixture(scope="session")
 def triton_installed() -> None:
-    from optimodel.serving.local_triton import TritonError, triton_layout
+    from optimodel.triton.local import TritonError, triton_layout
 
     try:
         triton_layout()
@@ -224,7 +224,7 @@ def triton_installed() -> None:
 @pytest.fixture
 def start_triton(triton_installed: None) -> Iterator[Callable[..., "LocalTriton"]]:  # noqa: F821
     """Start ``LocalTriton``s; every one started is stopped (and its log removed) afterwards."""
-    from optimodel.serving.local_triton import LocalTriton
+    from optimodel.triton.local import LocalTriton
 
     started: list[LocalTriton] = []
 
@@ -271,7 +271,7 @@ class Holder:
             self.threads.append(thread)
 
     def wait_pending(self, expected: float, timeout: float = 30.0) -> float:
-        from optimodel.serving.metrics import PENDING_REQUESTS_METRIC
+        from optimodel.triton.metrics import PENDING_REQUESTS_METRIC
 
         deadline = time.monotonic() + timeout
         value = -1.0
@@ -337,7 +337,7 @@ class Prometheus:
     def start(self, targets: list[tuple[str, dict[str, str]]], scrape_interval: str = "1s") -> "Prometheus":
         import yaml
 
-        from optimodel.serving.local_triton import free_port
+        from optimodel.triton.local import free_port
 
         config = {
             "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},

@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 
 from optimodel.serving.loadgen import infer
-from optimodel.serving.local_triton import LocalTriton, TritonError
-from optimodel.serving.metrics import PENDING_REQUESTS_METRIC
-from optimodel.serving.stage import apply_serving, parse_config, render_config
+from optimodel.triton.config import parse_config, render_config
+from optimodel.triton.local import LocalTriton, TritonError
+from optimodel.triton.metrics import PENDING_REQUESTS_METRIC
+from optimodel.triton.overrides import apply_serving
 
 pytestmark = pytest.mark.triton
 
@@ -155,7 +156,7 @@ def test_backend_dir_is_readable_by_other_users(tmp_path):
     """The triton-local image prepares the backend as root and runs Triton as UID 1000."""
     import stat
 
-    from optimodel.serving.local_triton import prepare_backend_dir
+    from optimodel.triton.local import prepare_backend_dir
 
     backend = prepare_backend_dir(cache=tmp_path)
     for path in (backend, backend / "python", backend / "python" / "triton_python_backend_stub"):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from optimodel.serving import metrics
-from optimodel.serving.metrics import (
+from optimodel.triton import metrics
+from optimodel.triton.metrics import (
     PENDING_REQUESTS_METRIC,
     adapter_rule,
     hpa_pods_metric,

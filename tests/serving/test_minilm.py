@@ -20,7 +20,8 @@ from optimodel.api.spec import Serving
 from optimodel.serving import demo
 from optimodel.builder.samples import HELD_OUT_SENTENCES
 from optimodel.serving.loadgen import burst, infer
-from optimodel.serving.stage import parse_config, stage_repository
+from optimodel.triton.config import parse_config
+from optimodel.triton.stage import stage_repository
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 

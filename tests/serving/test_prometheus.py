@@ -13,8 +13,8 @@ import threading
 
 import pytest
 
-from optimodel.serving.local_triton import LocalTriton
-from optimodel.serving.metrics import (
+from optimodel.triton.local import LocalTriton
+from optimodel.triton.metrics import (
     PENDING_REQUESTS_METRIC,
     adapter_rule,
     keda_query,

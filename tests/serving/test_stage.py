@@ -19,12 +19,9 @@ from tritonclient.grpc import model_config_pb2 as mc  # noqa: E402
 
 from optimodel.api.spec import Serving  # noqa: E402
 from optimodel.serving.cli import stage_main  # noqa: E402
-from optimodel.serving.stage import (  # noqa: E402
-    StageError,
-    apply_serving,
-    parse_config,
-    stage_repository,
-)
+from optimodel.triton.config import parse_config  # noqa: E402
+from optimodel.triton.overrides import apply_serving  # noqa: E402
+from optimodel.triton.stage import StageError, stage_repository  # noqa: E402
 
 BUILT = """
 name: "minilm-build"
@@ -242,6 +239,29 @@ def test_rerun_replaces_the_previous_copy(build_output, tmp_path):
     stage_repository(str(build_output), dest, "minilm", serving(instancesPerGpu=4))
     assert staged_config(dest, "minilm").instance_group[0].count == 4
     assert not (dest / "minilm" / "stale").exists()
+
+
+@pytest.mark.parametrize("layout", ["native", "python"])
+def test_the_measured_preferred_batch_size_survives_staging(tmp_path, layout):
+    """The builder's writer and the stager, end to end: the preferred batch size the builder
+    measured and wrote is what Triton gets, unless the spec names its own."""
+    from optimodel.triton.config import ModelSpec, Tensor, WarmupSample
+    from optimodel.triton.repository import write_onnxruntime
+
+    engine = tmp_path / "engine.onnx"
+    engine.write_bytes(b"onnx-bytes")
+    spec = ModelSpec(name="minilm-build", inputs=[Tensor("input_ids", "INT64", (-1,))],
+                     outputs=[Tensor("embedding", "FP32", (384,))], max_batch_size=64, gpu=False,
+                     preferred_batch_sizes=[16], warmup={"input_ids": WarmupSample((8,), b"\0" * 64)})
+    out = tmp_path / "out"
+    write_onnxruntime(out, spec, engine)
+    (out / "report.json").write_text("{}")
+
+    stage_repository(str(out), tmp_path / "a", "minilm", Serving(), layout=layout)
+    assert list(staged_config(tmp_path / "a", "minilm").dynamic_batching.preferred_batch_size) == [16]
+    stage_repository(str(out), tmp_path / "b", "minilm",
+                     serving(dynamicBatching={"preferredBatchSizes": [4, 32]}), layout=layout)
+    assert list(staged_config(tmp_path / "b", "minilm").dynamic_batching.preferred_batch_size) == [4, 32]
 
 
 def test_errors_are_clear(build_output, tmp_path):

@@ -275,7 +275,7 @@ def test_hpa_exact():
 
 
 def test_scaled_object_exact():
-    from optimodel.serving.metrics import keda_query
+    from optimodel.triton.metrics import keda_query
 
     assert m.scaled_object(MODEL, SETTINGS)["spec"] == {
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "minilm"},

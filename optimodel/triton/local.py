@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import re
 import shutil
 import signal
 import socket
@@ -43,6 +42,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+
+from optimodel.triton.layout import CONFIG_FILE
+from optimodel.triton.metrics import MODEL_LABEL, metric_value
 
 DEFAULT_READY_TIMEOUT_S = 120.0
 # "poll" is left out on purpose: nothing here wants Triton to watch the repository.
@@ -209,35 +211,6 @@ def http_get(url: str, timeout: float = 5.0) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Prometheus text exposition (Triton's metrics port)
-# --------------------------------------------------------------------------------------------
-
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\d+)?$')
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-
-def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
-    """Samples of a Prometheus text exposition as ``(name, labels, value)``."""
-    samples = []
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        match = _SAMPLE.match(line.strip())
-        if not match:
-            continue
-        name, labels, value = match.groups()
-        parsed = {k: bytes(v, "utf-8").decode("unicode_escape") for k, v in _LABEL.findall(labels or "")}
-        samples.append((name, parsed, float(value)))
-    return samples
-
-
-def metric_value(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels`` (0.0 when none)."""
-    return sum(v for n, lab, v in parse_metrics(text)
-               if n == name and all(lab.get(k) == want for k, want in labels.items()))
-
-
-# --------------------------------------------------------------------------------------------
 # The server
 # --------------------------------------------------------------------------------------------
 
@@ -312,9 +285,9 @@ class LocalTriton:
         if not self.repository.is_dir():
             raise TritonError(f"model repository {self.repository} does not exist")
         self.models = list(models) or sorted(
-            p.name for p in self.repository.iterdir() if (p / "config.pbtxt").is_file())
+            p.name for p in self.repository.iterdir() if (p / CONFIG_FILE).is_file())
         if not self.models:
-            raise TritonError(f"no model (a folder with config.pbtxt) in {self.repository}")
+            raise TritonError(f"no model (a folder with {CONFIG_FILE}) in {self.repository}")
         self.host = host
         self._ports = (http_port, grpc_port, metrics_port)
         self.ready_timeout = ready_timeout
@@ -475,5 +448,5 @@ class LocalTriton:
 
     def metric(self, name: str, model: str | None = None) -> float:
         """Current value of one of Triton's per-model metrics (summed over versions)."""
-        labels = {"model": model} if model else {}
+        labels = {MODEL_LABEL: model} if model else {}
         return metric_value(self.metrics_text(), name, **labels)

@@ -4,7 +4,8 @@ Why a separate step: the builder's output depends only on the build key (model +
 so editing ``spec.serving`` must never rebuild. The Triton pod's init container runs
 ``optimodel stage-repository``: it copies the engine's repository from artifact storage into the
 pod's model-repository volume and rewrites ``config.pbtxt`` -- through Triton's ``ModelConfig``
-protobuf, never as text -- with the current serving settings (dynamic batching, instance count).
+protobuf, never as text -- with the current serving settings (dynamic batching, instance count;
+``optimodel.triton.overrides``).
 
 Sources (``--from``):
 
@@ -28,103 +29,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
 
 from optimodel import artifacts, storage
 from optimodel.api.spec import Serving
-
-if TYPE_CHECKING:  # tritonclient's protobuf module is imported lazily (not in every image)
-    from tritonclient.grpc.model_config_pb2 import ModelConfig
-
-Layout = Literal["native", "python"]
-LAYOUT_DIRS: dict[str, str] = {"native": "repository", "python": "repository-python"}
+from optimodel.triton.config import ProtobufUnavailable, parse_config, render_config
+from optimodel.triton.layout import CONFIG_FILE, LAYOUT_DIRS, Layout
+from optimodel.triton.overrides import apply_serving
 
 
 class StageError(RuntimeError):
     """The source repository could not be found, read, or its config could not be applied."""
-
-
-def _mc():
-    try:
-        from tritonclient.grpc import model_config_pb2
-    except ImportError as exc:  # pragma: no cover - depends on the image
-        raise StageError("tritonclient[grpc] (Triton's model_config protobuf) is not installed: "
-                         "install optimodel[serve]") from exc
-    return model_config_pb2
-
-
-# --------------------------------------------------------------------------------------------
-# Pure: serving settings -> ModelConfig
-# --------------------------------------------------------------------------------------------
-
-
-def apply_serving(config: "ModelConfig", serving: Serving, *, layout: Layout = "native",
-                  model_name: str | None = None) -> "ModelConfig":
-    """A copy of ``config`` with ``serving`` applied; the input message is not modified.
-
-    - ``dynamicBatching.enabled``: sets ``dynamic_batching`` (``max_queue_delay_microseconds``,
-      ``preferred_batch_size`` -- the spec's list when it has one, ``[]`` included; otherwise the
-      sizes the builder measured and wrote) or removes it. A model without a batch dimension
-      (``max_batch_size: 0``) gets none.
-    - instances: one ``instance_group`` replaces the builder's, of the kind the engine was built
-      and measured for. Native layout, an engine measured on GPU (the builder wrote
-      ``KIND_GPU``, or no kind) and ``gpu.count`` > 0: ``KIND_GPU``, ``gpus: [0 .. gpu.count-1]``,
-      ``count: instancesPerGpu`` (Triton's count is *per listed GPU*), i.e.
-      ``instancesPerGpu * gpu.count`` instances in all. Otherwise (Python layout, a model served
-      on CPU, or an engine the builder measured on CPU, e.g. ONNX Runtime built on a CPU-only
-      runtime): ``KIND_CPU``, ``count: instancesPerGpu * max(1, gpu.count)``.
-    - ``model_name``: renames the model (the directory it is staged into must match).
-
-    The engine's own properties (inputs, outputs, ``max_batch_size``, platform/backend) are left
-    alone. Raises ``ValueError`` for a preferred batch size above ``max_batch_size``, which
-    Triton would refuse at load time.
-    """
-    mc = _mc()
-    out = mc.ModelConfig()
-    out.CopyFrom(config)
-    if model_name is not None:
-        out.name = model_name
-
-    batching = serving.dynamic_batching
-    out.ClearField("dynamic_batching")
-    if batching.enabled and out.max_batch_size > 0:
-        measured = [b for b in config.dynamic_batching.preferred_batch_size if b <= out.max_batch_size]
-        preferred = list(batching.preferred_batch_sizes) if batching.preferred_batch_sizes is not None else measured
-        too_big = [b for b in preferred if b > out.max_batch_size]
-        if too_big:
-            raise ValueError(f"preferredBatchSizes {too_big} exceed the engine's max_batch_size "
-                             f"{out.max_batch_size}")
-        out.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_microseconds
-        out.dynamic_batching.preferred_batch_size.extend(sorted(set(preferred)))
-        # Setting a field of a sub-message marks it present; an empty one must be set explicitly
-        # so "enabled with Triton's defaults" still renders as `dynamic_batching { }`.
-        out.dynamic_batching.SetInParent()
-
-    built_on_cpu = any(g.kind == mc.ModelInstanceGroup.KIND_CPU for g in config.instance_group)
-    out.ClearField("instance_group")
-    group = out.instance_group.add()
-    if layout not in LAYOUT_DIRS:
-        raise ValueError(f"unknown layout {layout!r} (native or python)")
-    if layout == "native" and serving.gpu.count > 0 and not built_on_cpu:
-        group.kind = mc.ModelInstanceGroup.KIND_GPU
-        group.count = serving.instances_per_gpu
-        group.gpus.extend(range(serving.gpu.count))
-    else:  # the Python backend, a model served on CPU (gpu.count 0), or an engine measured on CPU
-        group.kind = mc.ModelInstanceGroup.KIND_CPU
-        group.count = serving.instances_per_gpu * max(1, serving.gpu.count)
-    return out
-
-
-def parse_config(text: str) -> "ModelConfig":
-    from google.protobuf import text_format
-
-    return text_format.Parse(text, _mc().ModelConfig())
-
-
-def render_config(config: "ModelConfig") -> str:
-    from google.protobuf import text_format
-
-    return text_format.MessageToString(config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,9 +82,9 @@ def _pick_model_dir(exists, join, root: str, model_name: str, layout: Layout) ->
                          f"(no {layout} layout for this engine)")
     candidates = [layout_root, root] if exists(layout_root) else [root]
     for base in candidates:
-        if exists(join(base, model_name, "config.pbtxt")):
+        if exists(join(base, model_name, CONFIG_FILE)):
             return join(base, model_name), True
-        if exists(join(base, "config.pbtxt")):
+        if exists(join(base, CONFIG_FILE)):
             return base, True
     return candidates[0], False
 
@@ -195,7 +109,7 @@ def fetch_model_dir(uri: str, model_name: str, layout: Layout, workdir: Path) ->
 
     base, is_model = _pick_model_dir(fs.exists, join, root, model_name, layout)
     if not is_model:
-        models = [p for p in fs.ls(base, detail=False) if fs.exists(join(p, "config.pbtxt"))]
+        models = [p for p in fs.ls(base, detail=False) if fs.exists(join(p, CONFIG_FILE))]
         if len(models) != 1:
             raise StageError(f"{uri}: expected exactly one model under {base}, found {len(models)}")
         base = models[0]
@@ -209,7 +123,7 @@ def _resolve_local(path: Path, model_name: str, layout: Layout) -> Path:
                                      model_name, layout)
     if is_model:
         return Path(base)
-    models = [p for p in sorted(Path(base).iterdir()) if (p / "config.pbtxt").is_file()]
+    models = [p for p in sorted(Path(base).iterdir()) if (p / CONFIG_FILE).is_file()]
     if len(models) != 1:
         raise StageError(f"{path}: expected exactly one model under {base}, found {len(models)}")
     return models[0]
@@ -258,11 +172,13 @@ def stage_repository(uri: str, dest: str | os.PathLike[str], model_name: str,
         staged = work / model_name
         if source.resolve() != staged.resolve():
             shutil.copytree(source, staged, symlinks=False)
-        config_path = staged / "config.pbtxt"
+        config_path = staged / CONFIG_FILE
         try:
             config = parse_config(config_path.read_text())
+        except ProtobufUnavailable as exc:
+            raise StageError(str(exc)) from exc
         except Exception as exc:  # text_format.ParseError and friends
-            raise StageError(f"{uri}: config.pbtxt does not parse as a Triton ModelConfig: {exc}") from exc
+            raise StageError(f"{uri}: {CONFIG_FILE} does not parse as a Triton ModelConfig: {exc}") from exc
         try:
             config = apply_serving(config, serving or Serving(), layout=layout, model_name=model_name)
         except ValueError as exc:

@@ -1,4 +1,4 @@
-"""The queue-depth metric, and the exact PromQL the autoscalers evaluate: defined once, here.
+"""Triton's metrics: their names, the exact PromQL the autoscalers evaluate, and reading them.
 
 Why one module: the operator writes these strings into KEDA ``ScaledObject``s and the chart's
 prometheus-adapter rule; the data-plane tests evaluate the *same* strings against a real
@@ -24,6 +24,12 @@ from typing import Any
 
 PENDING_REQUESTS_METRIC = "nv_inference_pending_request_count"
 """Triton's per-model gauge of queued (not yet executing) requests: the queue depth."""
+
+INFERENCE_COUNT_METRIC = "nv_inference_count"
+"""Triton's per-model counter of inferences (batch rows: a request of batch 4 counts 4)."""
+
+EXECUTION_COUNT_METRIC = "nv_inference_exec_count"
+"""Triton's per-model counter of model executions (one per batch the scheduler formed)."""
 
 NAMESPACE_LABEL = "namespace"
 POD_LABEL = "pod"
@@ -150,3 +156,32 @@ def render_adapter_query(rule: dict[str, Any], namespace: str, pods: Sequence[st
         return fields[match.group(1)]
 
     return _TEMPLATE_ACTION.sub(substitute, rule["metricsQuery"])
+
+
+# --------------------------------------------------------------------------------------------
+# Reading Triton's metrics port (Prometheus text exposition)
+# --------------------------------------------------------------------------------------------
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\d+)?$')
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """Samples of a Prometheus text exposition as ``(name, labels, value)``."""
+    samples = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = _SAMPLE.match(line.strip())
+        if not match:
+            continue
+        name, labels, value = match.groups()
+        parsed = {k: bytes(v, "utf-8").decode("unicode_escape") for k, v in _LABEL.findall(labels or "")}
+        samples.append((name, parsed, float(value)))
+    return samples
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels`` (0.0 when none)."""
+    return sum(v for n, lab, v in parse_metrics(text)
+               if n == name and all(lab.get(k) == want for k, want in labels.items()))
