@@ -17,7 +17,7 @@ from optimodel.api.crd import GROUP, KIND, VERSION
 from optimodel.api.spec import BuildSpec, OptimizedModelSpec
 from optimodel.api.status import BenchmarkStatus, EngineStatus
 from optimodel.operator.settings import OperatorSettings
-from optimodel.triton.metrics import PENDING_REQUESTS_METRIC, keda_query
+from optimodel.triton.metrics import hpa_pods_metric, keda_query
 from optimodel.storage import ARTIFACT_ENV_PREFIX
 
 MODEL_LABEL = "optimodel.dev/model"
@@ -566,11 +566,6 @@ def pod_disruption_budget(model: ModelRef) -> dict[str, Any]:
 
 # --- autoscaling ---------------------------------------------------------------------------
 
-def quantity(value: float) -> str:
-    """A Kubernetes quantity string: 4 -> "4", 2.5 -> "2500m"."""
-    return str(int(value)) if float(value).is_integer() else f"{round(value * 1000)}m"
-
-
 def scaling_behavior(model: ModelRef) -> dict[str, Any]:
     """Scale up fast (double or +4 pods every 15 s), down slowly (one pod a minute, after a window)."""
     return {
@@ -599,13 +594,7 @@ def horizontal_pod_autoscaler(model: ModelRef) -> dict[str, Any]:
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": model.name},
             "minReplicas": scaling.min_replicas,
             "maxReplicas": scaling.max_replicas,
-            "metrics": [{
-                "type": "Pods",
-                "pods": {
-                    "metric": {"name": PENDING_REQUESTS_METRIC},
-                    "target": {"type": "AverageValue", "averageValue": quantity(scaling.target_queue_depth)},
-                },
-            }],
+            "metrics": [hpa_pods_metric(scaling.target_queue_depth)],
             "behavior": scaling_behavior(model),
         },
     }

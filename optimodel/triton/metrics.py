@@ -1,7 +1,7 @@
 """Triton's metrics: their names, the exact PromQL the autoscalers evaluate, and reading them.
 
-Why one module: the operator writes these strings into KEDA ``ScaledObject``s and the chart's
-prometheus-adapter rule; the data-plane tests evaluate the *same* strings against a real
+Why one module: the operator writes these strings into KEDA ``ScaledObject``s, HPAs and the
+chart's prometheus-adapter rule; the data-plane tests evaluate the *same* strings against a real
 Prometheus scraping a real Triton. If they lived in two places, a test could pass while the
 cluster scales on a query nobody ran. Standard library only: the operator image imports this.
 
@@ -93,14 +93,22 @@ def adapter_rule() -> dict[str, Any]:
     }
 
 
+def quantity(value: float) -> str:
+    """A Kubernetes quantity string, as the API server writes it back: 4 -> "4", 2.5 -> "2500m"."""
+    return str(int(value)) if float(value).is_integer() else f"{round(value * 1000)}m"
+
+
 def hpa_pods_metric(target_queue_depth: float) -> dict[str, Any]:
-    """The ``autoscaling/v2`` HPA ``MetricSpec`` that reads the adapter's per-pod metric."""
-    value = int(target_queue_depth) if float(target_queue_depth).is_integer() else target_queue_depth
+    """The ``autoscaling/v2`` HPA ``MetricSpec`` that reads the adapter's per-pod metric.
+
+    The target is written in the API server's canonical form (``quantity``), so the HPA the
+    operator applies reads back unchanged.
+    """
     return {
         "type": "Pods",
         "pods": {
             "metric": {"name": ADAPTER_METRIC_NAME},
-            "target": {"type": "AverageValue", "averageValue": str(value)},
+            "target": {"type": "AverageValue", "averageValue": quantity(target_queue_depth)},
         },
     }
 

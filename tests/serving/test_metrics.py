@@ -11,6 +11,7 @@ from optimodel.triton.metrics import (
     hpa_pods_metric,
     keda_query,
     promql_string,
+    quantity,
     render_adapter_query,
 )
 
@@ -74,7 +75,13 @@ def test_hpa_metric_targets_average_pending_requests_per_pod():
         "pods": {"metric": {"name": "nv_inference_pending_request_count"},
                  "target": {"type": "AverageValue", "averageValue": "4"}},
     }
-    assert hpa_pods_metric(2.5)["pods"]["target"]["averageValue"] == "2.5"
+    # the API server's canonical form, so the HPA the operator applies reads back unchanged
+    assert hpa_pods_metric(2.5)["pods"]["target"]["averageValue"] == "2500m"
+
+
+@pytest.mark.parametrize("value,text", [(4, "4"), (2.5, "2500m"), (0.1, "100m"), (10.0, "10")])
+def test_quantity(value, text):
+    assert quantity(value) == text
 
 
 def test_module_needs_only_the_standard_library():

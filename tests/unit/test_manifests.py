@@ -293,11 +293,6 @@ def test_autoscaler_engine_choice(engine, keda, expected):
     assert m.autoscaler_engine(ref, keda_installed=keda) == expected
 
 
-@pytest.mark.parametrize("value,text", [(4, "4"), (2.5, "2500m"), (0.1, "100m"), (10.0, "10")])
-def test_quantity(value, text):
-    assert m.quantity(value) == text
-
-
 def test_long_names_stay_valid_label_values():
     ref = m.ModelRef("m" * 63, "ml", "u", MODEL.spec)
     assert len(m.job_name(ref, KEY)) <= 63
