@@ -196,7 +196,7 @@ def sensitivity_study(root: Path) -> str:
     for k in (3, 6):
         variants.append((f"per-tensor dynamic INT8, the {k} most sensitive kept FP32",
                          lambda p, k=k: compress.quantize_int8_dynamic(fused, p, exclude=ranked[:k])))
-    variants.append(("per-token dynamic INT8 (the onnxruntime-int8-per-token recipe)",
+    variants.append(("per-token scaled dynamic INT8 (the onnxruntime-int8-per-token recipe)",
                      lambda p: compress.quantize_int8_per_token(fused, p)[0]))
     cfg = benchmark.BenchConfig.quick()
     for i, (name, make) in enumerate(variants):

@@ -129,7 +129,7 @@ def _int8_dynamic(i: Inputs, out: Path) -> Made:
 def _int8_per_token(i: Inputs, out: Path) -> Made:
     _dynamic_targets(i)
     made, count = compress.quantize_int8_per_token(i.base, out)
-    return made, f"{count} MatMuls with one activation scale per token; fused attention per tensor"
+    return made, f"{count} LayerNorm- or activation-fed MatMuls scaled per token before dynamic INT8"
 
 
 def _int8_smoothquant(i: Inputs, out: Path) -> Made:
