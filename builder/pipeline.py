@@ -166,8 +166,10 @@ class Build:
         self.steps.run("compile", lambda: self._compile(model), self._describe_variants)
         self.steps.run("verify", lambda: self._verify(held_out), self._describe_accuracy)
         sweep, headline = self._sweep()
-        self.steps.run("benchmark", lambda: self._benchmark(baseline, held_out, sweep, headline),
-                       lambda _: f"batch sizes {sweep}, headline batch {headline}")
+        lengths = benchmark.sequence_lengths(model.seq_len, model.max_seq_len)
+        self.steps.run("benchmark", lambda: self._benchmark(baseline, held_out, sweep, headline, lengths),
+                       lambda _: f"batch sizes {sweep}, headline batch {headline}"
+                                 + (f" also at {lengths} tokens" if lengths else ""))
         self.steps.run("select", self._select, lambda v: v.candidate.name)
         self.steps.run("report-accuracy", lambda: self._report_accuracy(sets.report),
                        lambda r: f"{self.selected.candidate.name}: {r.metric} {r.value:.4f} on {r.samples} "
@@ -476,17 +478,22 @@ class Build:
             sweep = benchmark.default_sweep(max_batch)
         return sweep, benchmark.headline_batch(sweep)
 
-    def _benchmark(self, baseline: Runner, held: samples.SampleSet, sweep: list[int], headline: int) -> None:
+    def _benchmark(self, baseline: Runner, held: samples.SampleSet, sweep: list[int], headline: int,
+                   lengths: list[int]) -> None:
+        """Every passing candidate and the baseline over the batch sweep, and at the headline
+        batch over the other sequence lengths (the shape sweep: no engine is judged only at the
+        shape it was tuned for)."""
         cfg = benchmark.BenchConfig.quick() if self.opts.quick else benchmark.BenchConfig()
         log.info("benchmark: baseline %s", baseline.runtime)
-        self.baseline = benchmark.profile(baseline, held, sweep, headline, cfg)
+        self.baseline = benchmark.profile(baseline, held, sweep, headline, cfg, lengths)
         for variant in self.variants:
             acc = variant.candidate.accuracy
             if variant.candidate.status != "OK" or acc is None:
                 continue
             # Candidates that failed the gate are timed at the headline batch only, for the record.
             log.info("benchmark: %s", variant.candidate.name)
-            perf = benchmark.profile(variant.runner, held, sweep if acc.passed else [headline], headline, cfg)
+            perf = benchmark.profile(variant.runner, held, sweep if acc.passed else [headline], headline, cfg,
+                                     lengths if acc.passed else [])
             variant.candidate.performance = perf
         # Re-time the baseline's headline batch after the candidates and keep the better of the
         # two: load that varied during the run must not inflate the speedup.

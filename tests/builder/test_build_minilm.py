@@ -98,6 +98,13 @@ def test_report_selects_a_passing_candidate_faster_than_nothing(built):
     assert report.accuracy.passed and report.accuracy.samples == 32
     assert report.accuracy.value == pytest.approx(min(report.accuracy.per_output.values()))
     assert selected.accuracy.value <= 1.0 + 1e-6 and selected.accuracy.threshold == 0.99
+    # The shape sweep: baseline and every passing candidate also at a quarter, half and twice the
+    # benchmark length (128 tokens), at the headline batch; a candidate that failed the gate is not.
+    shapes = [(8, 32), (8, 64), (8, 256)]
+    assert [(s.batch_size, s.sequence_length) for s in report.baseline.shapes] == shapes
+    assert [(s.batch_size, s.sequence_length) for s in selected.performance.shapes] == shapes
+    assert all(c.performance.shapes == [] for c in report.candidates
+               if c.performance and c.accuracy and not c.accuracy.passed)
     # Each candidate's sweep speedup is its headline throughput over the baseline's, same batch.
     assert selected.performance.headline.batch_size == report.baseline.headline.batch_size
     assert selected.speedup == pytest.approx(
