@@ -381,7 +381,10 @@ def quantize_int8_static(src: Path, dst: Path, calibration: Feeds, *, for_tensor
     try:
         with _quiet_root_logger():
             try:
-                quant_pre_process(str(src), str(prepped), skip_optimization=for_tensorrt)
+                # When its symbolic shape inference gives up, onnxruntime dumps the model (with
+                # external data: ~90 MB for MiniLM) into the working directory: keep that ours.
+                with contextlib.chdir(dst.parent):
+                    quant_pre_process(str(src.resolve()), str(prepped.resolve()), skip_optimization=for_tensorrt)
                 model_in = prepped
             except Exception as exc:  # shape inference helps Q/DQ placement but is optional
                 log.info("quantization pre-processing skipped: %s", exc)

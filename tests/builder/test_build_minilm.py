@@ -168,7 +168,7 @@ def test_fallback_to_a_slower_candidate_when_faster_ones_fail_the_gate(minilm_pa
     assert result.summary["engine"]["precision"] == "fp32"
 
 
-def test_tensorrt_int8_recipe_holds_the_gate_on_cpu(minilm_path, tmp_path):
+def test_tensorrt_int8_recipe_holds_the_gate_on_cpu(minilm_path, tmp_path, monkeypatch):
     """The graph the tensorrt-int8-qdq row makes, run by ONNX Runtime on CPU (same Q/DQ graph,
     no GPU needed): MiniLM must keep cosine >= 0.99 on every served output, on both evaluation
     sets. The per-tensor recipe it replaced scored 0.77. What TensorRT's INT8 kernels do with it
@@ -184,8 +184,12 @@ def test_tensorrt_int8_recipe_holds_the_gate_on_cpu(minilm_path, tmp_path):
     graph = export_onnx(model, sets["selection"].batch(2), tmp_path / "model.onnx")
     calibration = samples.tokenize(model, samples.CALIBRATION_SENTENCES)
     (row,) = [r for r in recipes.RECIPES if r.name == "tensorrt-int8-qdq"]
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     made, note = row.make(recipes.Inputs(graph=graph, base=graph, calibration=calibration, threads=2),
                           tmp_path / "int8.onnx")
+    assert list(cwd.iterdir()) == []  # onnxruntime's shape-inference dump stays in the work directory
     assert "smoothed" in note and "6 FFN down-projections and 12 activation x activation" in note, note
     reference = TorchRunner(model.module, [i.name for i in model.inputs], [o.name for o in model.outputs], "cpu")
     engine = OrtRunner(made, 2, ["CPUExecutionProvider"], "cpu")
