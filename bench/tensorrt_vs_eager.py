@@ -98,11 +98,15 @@ def gpu_or_exit():
 
 
 def measure(name, module, inputs, samples_fn, batches, work: Path, cfg, max_batch, seq_len=None,
-            export_module=None):
-    """Export once, build one engine per precision, profile each against eager FP32."""
+            max_seq_len=None, export_module=None):
+    """Export once, build one engine per precision, profile each against eager FP32: over the
+    batch sweep, and (text) at the headline batch at other sequence lengths, since an engine is
+    tuned for its profile's opt shape (``seq_len``) and serves every length up to ``max_seq_len``.
+    INT8 is the builder's own tensorrt-int8-qdq recipe (SmoothQuant, per-channel weights, FFN
+    down-projections and attention products in FP32), not plain per-tensor Q/DQ."""
     import torch
 
-    from optimodel.builder import benchmark, compress, verify
+    from optimodel.builder import benchmark, compress, recipes, verify
     from optimodel.builder.export import export_onnx
     from optimodel.builder.loader import LoadedModel
     from optimodel.builder.runners import TorchRunner
@@ -116,30 +120,32 @@ def measure(name, module, inputs, samples_fn, batches, work: Path, cfg, max_batc
     model = LoadedModel(format="torchscript", path=work, inputs=inputs, outputs=outputs,
                         baseline_runtime="pytorch-eager-fp32",
                         module=module, export_module=export_module or module, seq_len=seq_len,
-                        max_seq_len=seq_len)
+                        max_seq_len=max_seq_len or seq_len)
     onnx_path = export_onnx(model, held.batch(2), work / f"{name}.onnx")
     eager = TorchRunner(module, [i.name for i in inputs], ["output"], device)
     headline = benchmark.headline_batch(batches)
-    rows = [("pytorch-eager-fp32", benchmark.profile(eager, held, batches, headline, cfg), 1.0)]
+    lengths = benchmark.sequence_lengths(seq_len, max_seq_len)
+    rows = [("pytorch-eager-fp32", benchmark.profile(eager, held, batches, headline, cfg, lengths), 1.0)]
+    (int8,) = [r for r in recipes.RECIPES if r.name == "tensorrt-int8-qdq"]
+    int8_inputs = recipes.Inputs(graph=onnx_path, base=onnx_path, calibration=samples_fn(32), threads=4)
     reference = eager(held.batch(16))
     graphs = {
         "tensorrt-fp32": onnx_path,
         "tensorrt-fp16": compress.to_fp16(onnx_path, work / f"{name}-fp16.onnx"),
         "tensorrt-bf16": compress.to_bf16(onnx_path, work / f"{name}-bf16.onnx"),
-        "tensorrt-int8-qdq": compress.quantize_int8_static(onnx_path, work / f"{name}-int8.onnx",
-                                                           samples_fn(32), for_tensorrt=True),
+        "tensorrt-int8-qdq": int8.make(int8_inputs, work / f"{name}-int8.onnx")[0],
     }
     for label, graph in graphs.items():
         plan = work / f"{name}-{label}.plan"
         try:
             build_engine(graph, plan, inputs, max_batch=max_batch, opt_batch=headline, seq_len=seq_len,
-                         max_seq_len=seq_len, timing_cache=work / "timing.cache")
+                         max_seq_len=max_seq_len or seq_len, timing_cache=work / "timing.cache")
         except Exception as exc:  # report and go on with the other precisions
             print(f"{name} {label}: engine build failed: {exc}", file=sys.stderr)
             continue
         runner = TrtRunner(plan, device)
         cos = verify.cosine_min(reference["output"], runner(held.batch(16))["output"])
-        rows.append((label, benchmark.profile(runner, held, batches, headline, cfg), cos))
+        rows.append((label, benchmark.profile(runner, held, batches, headline, cfg, lengths), cos))
     return rows
 
 
@@ -152,6 +158,16 @@ def render(name: str, rows) -> str:
             b = next(x for x in base.sweep if x.batch_size == s.batch_size)
             lines.append(f"| {label} | {s.batch_size} | {s.throughput:.1f} | {s.p50_ms:.2f} | {s.p99_ms:.2f} | "
                          f"{s.throughput / b.throughput:.2f}x | {cos:.5f} |")
+    if base.shapes:
+        lines += ["", f"Shape sweep at batch {base.headline.batch_size}: the same engines at other sequence "
+                      "lengths (their profile's opt shape is the benchmark length above):", "",
+                  "| engine | sequence | throughput (samples/s) | p50 ms | speedup vs eager |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        for label, perf, _ in rows:
+            for s in perf.shapes:
+                b = next(x for x in base.shapes if x.sequence_length == s.sequence_length)
+                lines.append(f"| {label} | {s.sequence_length} | {s.throughput:.1f} | {s.p50_ms:.2f} | "
+                             f"{s.throughput / b.throughput:.2f}x |")
     return "\n".join(lines + [""])
 
 
@@ -184,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = measure("bert-base-like", timed, bert_inputs,
                        lambda n: {"input_ids": rng.integers(1000, 30000, (n, seq)).astype(np.int64),
                                   "attention_mask": np.ones((n, seq), np.int64)},
-                       [1, 8, 32, 128], work, cfg, max_batch=128, seq_len=seq, export_module=export)
+                       [1, 8, 32, 128], work, cfg, max_batch=128, seq_len=seq, max_seq_len=512,
+                       export_module=export)
         sections.append(render(f"BERT-base-shaped encoder (BertModel, SDPA baseline, sequence {seq}, "
                                "random weights)", rows))
         print(sections[-1], flush=True)
