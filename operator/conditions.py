@@ -80,14 +80,21 @@ def transitions(old: OptimizedModelStatus, new: OptimizedModelStatus) -> list[tu
 def status_patch(old: dict, new: dict) -> dict | None:
     """Merge patch turning ``old`` status into ``new``; None when nothing changed.
 
-    Keys present before and absent now are sent as null (merge-patch deletion).
+    Keys present before and absent now are sent as null (merge-patch deletion), at any depth:
+    a merge patch merges nested objects, so a nested key left out would be kept, not removed.
     """
     if old == new:
         return None
+    return _with_deletions(old, new)
+
+
+def _with_deletions(old: dict, new: dict) -> dict:
     patch = dict(new)
-    for key in old:
+    for key, value in old.items():
         if key not in new:
             patch[key] = None
+        elif isinstance(value, dict) and isinstance(new[key], dict):
+            patch[key] = _with_deletions(value, new[key])
     return patch
 
 

@@ -127,8 +127,13 @@ def _reconcile(kube: Kube, settings: OperatorSettings, body: dict) -> Result:
 
 
 def write_status(kube: Kube, body: dict, old: OptimizedModelStatus, new: OptimizedModelStatus) -> None:
-    """Patch what changed, then one Event per condition transition (none when nothing changed)."""
-    patch = status_patch(old.to_wire(), new.to_wire())
+    """Patch what changed, then one Event per condition transition (none when nothing changed).
+
+    The patch is against the status as stored, not as read: what ``read_status`` could not read
+    (e.g. an accuracy recorded in an older shape) is removed, not left behind for the API server
+    to validate against the current schema on every write.
+    """
+    patch = status_patch(body.get("status") or {}, new.to_wire())
     if patch is None:
         return
     meta = body["metadata"]

@@ -64,6 +64,9 @@ def test_status_patch_nulls_removed_keys_and_skips_no_ops():
     assert status_patch({"phase": "Ready"}, {"phase": "Ready"}) is None
     assert status_patch({"phase": "Building", "build": {"key": "k"}}, {"phase": "Ready"}) == {
         "phase": "Ready", "build": None}
+    # A nested key is removed too (a merge patch merges nested objects: one left out stays).
+    assert status_patch({"build": {"key": "k", "reason": "BuildPending"}}, {"build": {"key": "k"}}) == {
+        "build": {"key": "k", "reason": None}}
 
 
 def test_settings_from_environment():
