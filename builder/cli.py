@@ -148,7 +148,9 @@ def _cache_hit(spec: BuildSpec, key: str, output: str, model_name: str) -> Build
         return None
     if not sources.exists(output, layout.config_path("native", model_name)):
         return None
-    return report
+    # The engine's uri is the output root it is found at (a report from before ``uri`` meant
+    # the output root, or an output copied elsewhere, says another).
+    return report.model_copy(update={"engine": report.engine.model_copy(update={"uri": output.rstrip("/")})})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -174,7 +174,7 @@ class Build:
 
             runtime, platform = f"onnxruntime {onnxruntime.__version__}", layout.ONNXRUNTIME_PLATFORM
         return EngineInfo(
-            key=self.opts.key, uri=f"{self.opts.output.rstrip('/')}/{layout.NATIVE_DIR}/{self.opts.model_name}",
+            key=self.opts.key, uri=self.opts.output.rstrip("/"),  # the build output root
             model_name=self.opts.model_name, precision=sel.candidate.precision, target=where.target,
             platform=platform, gpu_product=gpu.product.replace(" ", "-") if gpu else None,
             compute_capability=gpu.compute_capability if gpu else None,

@@ -15,7 +15,8 @@ from typing import Any
 from optimodel import artifacts
 from optimodel.api.crd import GROUP, KIND, VERSION
 from optimodel.api.spec import BuildSpec, OptimizedModelSpec
-from optimodel.api.status import BenchmarkStatus, EngineStatus
+from optimodel.api.report import Benchmark, EngineInfo
+from optimodel.api.status import BenchmarkStatus
 from optimodel.operator.settings import OperatorSettings
 from optimodel.triton.metrics import hpa_pods_metric, keda_query
 from optimodel.storage import ARTIFACT_ENV_PREFIX
@@ -346,20 +347,22 @@ def initial_replicas(model: ModelRef) -> dict[str, Any]:
             "spec": {"replicas": desired_replicas(model)}}
 
 
-def engine_annotation(engine: EngineStatus, benchmark: BenchmarkStatus | None) -> str:
-    """The served engine (and its benchmark) as recorded on the Deployment (see ``ENGINE_ANNOTATION``)."""
+def engine_annotation(engine: EngineInfo, benchmark: Benchmark | None) -> str:
+    """The served engine (and its benchmark) as recorded on the Deployment (see ``ENGINE_ANNOTATION``):
+    the status's own types, ``{"engine": EngineInfo, "benchmark": BenchmarkStatus}``."""
     record = {"engine": engine.to_wire(), **({"benchmark": benchmark.to_wire()} if benchmark else {})}
     return json.dumps(record, sort_keys=True, separators=(",", ":"))
 
 
-def engine_from_deployment(live: dict[str, Any] | None) -> tuple[EngineStatus | None, BenchmarkStatus | None]:
-    """Engine and benchmark recorded on a live Deployment (to rebuild a lost status)."""
+def engine_from_deployment(live: dict[str, Any] | None) -> tuple[EngineInfo | None, BenchmarkStatus | None]:
+    """Engine and benchmark recorded on a live Deployment (to rebuild a lost status); (None, None)
+    for a record that does not read (then the build Jobs, or a cache-hit rebuild, tell)."""
     text = ((live or {}).get("metadata", {}).get("annotations") or {}).get(ENGINE_ANNOTATION)
     if not text:
         return None, None
     try:
         record = json.loads(text)
-        engine = EngineStatus.model_validate(record["engine"])
+        engine = EngineInfo.model_validate(record["engine"])
         benchmark = BenchmarkStatus.model_validate(record["benchmark"]) if record.get("benchmark") else None
     except (ValueError, KeyError, TypeError):
         return None, None
@@ -396,8 +399,8 @@ def restricted_api_args() -> list[str]:
     return [f"--http-restricted-api={lock}", f"--grpc-restricted-protocol={lock}"]
 
 
-def triton_deployment(model: ModelRef, engine: EngineStatus, settings: OperatorSettings,
-                      live: dict[str, Any] | None = None, benchmark: BenchmarkStatus | None = None
+def triton_deployment(model: ModelRef, engine: EngineInfo, settings: OperatorSettings,
+                      live: dict[str, Any] | None = None, benchmark: Benchmark | None = None
                       ) -> dict[str, Any]:
     """Triton serving the engine; the repository is staged from artifact storage by an init container.
 

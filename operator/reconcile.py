@@ -29,15 +29,8 @@ from pydantic import ValidationError
 
 from optimodel.api.crd import GROUP, VERSION
 from optimodel.api.key import build_key
-from optimodel.api.report import BuildSummary
-from optimodel.api.status import (
-    AccuracyStatus,
-    BenchmarkStatus,
-    BuildStatus,
-    EngineStatus,
-    OptimizedModelStatus,
-    Throughput,
-)
+from optimodel.api.report import EngineInfo
+from optimodel.api.status import BenchmarkStatus, BuildStatus, OptimizedModelStatus
 from optimodel.operator import builds, metrics
 from optimodel.operator import manifests as m
 from optimodel.operator.compatibility import tensorrt_mismatch
@@ -108,8 +101,8 @@ def _reconcile(kube: Kube, settings: OperatorSettings, body: dict) -> Result:
                 build = build.model_copy(update={"state": "Failed", "reason": "TensorRTVersionMismatch",
                                                  "message": unservable})
             else:
-                engine = _engine_status(outcome.summary, m.artifact_uri(model, key, settings))
-                benchmark = _benchmark_status(outcome.summary)
+                engine = _served_engine(built, outcome.summary.build_key, m.artifact_uri(model, key, settings))
+                benchmark = BenchmarkStatus.of(outcome.summary.benchmark) if outcome.summary.benchmark else None
                 build = None  # the build became the engine: nothing in flight
 
     # 4. Serve the engine (the previous one while a new build runs or after it failed).
@@ -160,27 +153,14 @@ def _cancel_superseded_builds(kube: Kube, model: m.ModelRef, key: str, jobs: lis
                 metrics.inc("optimodel_builds_total", event="cancelled")
 
 
-def _engine_status(summary: BuildSummary, uri: str) -> EngineStatus:
-    e = summary.engine
-    return EngineStatus(key=summary.build_key, uri=uri, model_name=e.model_name, precision=e.precision,
-                        target=e.target, platform=e.platform, gpu_product=e.gpu_product,
-                        compute_capability=e.compute_capability, runtime_version=e.runtime_version,
-                        size_bytes=e.size_bytes)
-
-
-def _benchmark_status(summary: BuildSummary) -> BenchmarkStatus:
-    accuracy = None
-    if summary.accuracy_metric is not None and summary.accuracy_value is not None:
-        accuracy = AccuracyStatus(metric=summary.accuracy_metric, value=summary.accuracy_value)
-    return BenchmarkStatus(
-        baseline=Throughput(throughput=summary.baseline_throughput, batch_size=summary.batch_size),
-        optimized=Throughput(throughput=summary.optimized_throughput, batch_size=summary.batch_size,
-                             runtime=summary.engine.target if summary.engine else None),
-        speedup=summary.speedup,
-        speedup_text=f"{summary.speedup:.2f}x" if summary.speedup else None,
-        accuracy=accuracy,
-        report_uri=summary.report_uri,
-    )
+def _served_engine(built: EngineInfo, key: str, uri: str) -> EngineInfo:
+    """The builder's engine as served: its key is the build's, and its output root is the one the
+    operator gave the Job (``artifact_uri``), whatever the summary says: the stager reads only
+    where the operator wrote. Both mean the same thing, so they differ only in a skewed builder."""
+    if built.uri.rstrip("/") != uri:
+        log.warning("build %s reports its output at %s; serving it from %s, where the operator put it",
+                    key[:10], built.uri, uri)
+    return built.model_copy(update={"key": key, "uri": uri})
 
 
 @dataclass(frozen=True)
@@ -191,7 +171,7 @@ class Scaling:
     problem: str | None = None
 
 
-def _serve(kube: Kube, settings: OperatorSettings, model: m.ModelRef, engine: EngineStatus,
+def _serve(kube: Kube, settings: OperatorSettings, model: m.ModelRef, engine: EngineInfo,
            benchmark: BenchmarkStatus | None, live: dict | None) -> tuple[dict, Scaling]:
     """Apply the serving objects; return the live Deployment and the autoscaler in use."""
     # Created once and never read (a 409 means it is there): see manifests.triton_admin_secret.
@@ -222,7 +202,7 @@ def _serve(kube: Kube, settings: OperatorSettings, model: m.ModelRef, engine: En
 
 
 def _status(body: dict, model: m.ModelRef, old: OptimizedModelStatus, key: str,
-            engine: EngineStatus | None, benchmark: BenchmarkStatus | None, build: BuildStatus | None,
+            engine: EngineInfo | None, benchmark: BenchmarkStatus | None, build: BuildStatus | None,
             deployment: dict | None, scaling: Scaling | None, problem: str | None) -> OptimizedModelStatus:
     generation = body["metadata"].get("generation")
     built_current = engine is not None and engine.key == key

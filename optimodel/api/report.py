@@ -3,6 +3,11 @@
 ``report.json`` next to the Triton model repository holds the whole ``BuildReport``; the
 container's termination message holds a ``BuildSummary`` (<= 4 KiB) that the operator reads from
 the Job's pod without touching artifact storage.
+
+One vocabulary: the summary carries the report's own objects (``EngineInfo``, and in
+``Benchmark`` the ``SpeedupCheck`` and the published ``AccuracyResult``), and the model's status
+and the Triton Deployment's engine record hold the same types (``optimodel.api.status``), so no
+one copies them field by field. An engine's ``uri`` is always the build output root.
 """
 
 from __future__ import annotations
@@ -109,10 +114,16 @@ class Candidate(ObservedModel):
 
 
 class EngineInfo(ObservedModel):
-    """The selected engine, and what it can only run on."""
+    """The selected engine, and what it can only run on.
 
-    key: str
-    uri: str
+    One type for the report, the build summary, the model's ``status.engine`` and the Triton
+    Deployment's engine record.
+    """
+
+    key: str = Field(description="Build key: sha256 of source, optimization, GPU and builder version.")
+    uri: str = Field(description=(
+        "The build output root: the folder holding repository/, repository-python/ and report.json "
+        "(optimodel.triton.layout), which Triton's stager reads (stage-repository --from)."))
     model_name: str
     precision: str
     target: str
@@ -169,6 +180,30 @@ class BuildReport(ObservedModel):
     warnings: list[str] = Field(default_factory=list)
 
 
+class Benchmark(ObservedModel):
+    """What a build published about its selected engine: the same-window speedup check and the
+    accuracy on the report set, exactly as in ``BuildReport`` (the same objects, the same names).
+
+    One type for the build summary, the model's ``status.benchmark`` and the Triton Deployment's
+    engine record.
+    """
+
+    speedup: float | None = Field(default=None, description="speedupCheck.speedup: the selected engine "
+                                  "over the baseline, timed in the same window.")
+    speedup_check: SpeedupCheck | None = None
+    accuracy: AccuracyResult | None = Field(default=None, description="The published accuracy: the "
+                                            "selected engine on the report set.")
+    report_uri: str | None = Field(default=None, description="Where the whole BuildReport is (report.json).")
+
+    @classmethod
+    def from_report(cls, report: BuildReport, report_uri: str | None = None) -> "Benchmark | None":
+        """The report's published measurements (None when it has none, e.g. a failed build)."""
+        if report.speedup is None and report.speedup_check is None and report.accuracy is None:
+            return None
+        return cls(speedup=report.speedup, speedup_check=report.speedup_check, accuracy=report.accuracy,
+                   report_uri=report_uri)
+
+
 class BuildSummary(ObservedModel):
     """The termination-message digest of a ``BuildReport`` (must fit in 4 KiB)."""
 
@@ -177,46 +212,25 @@ class BuildSummary(ObservedModel):
     reason: str | None = None
     message: str | None = None
     engine: EngineInfo | None = None
-    speedup: float | None = None
-    accuracy_metric: str | None = None
-    accuracy_value: float | None = None
-    baseline_throughput: float | None = None
-    optimized_throughput: float | None = None
-    batch_size: int | None = None
-    report_uri: str | None = None
+    benchmark: Benchmark | None = None
 
     @classmethod
     def from_report(cls, report: BuildReport, report_uri: str | None = None) -> "BuildSummary":
-        sel = next((c for c in report.candidates if c.name == report.selected), None)
-        perf = sel.performance if sel else None
-        check = report.speedup_check
-        if check is not None:  # the throughputs the speedup was computed from
-            baseline_tp, engine_tp, batch = check.baseline_throughput, check.engine_throughput, check.batch_size
-        else:
-            baseline_tp = report.baseline.headline.throughput if report.baseline else None
-            engine_tp = perf.headline.throughput if perf else None
-            batch = perf.headline.batch_size if perf else None
-        return cls(
-            succeeded=report.succeeded,
-            build_key=report.build_key,
-            reason=report.reason,
-            message=report.message,
-            engine=report.engine,
-            speedup=report.speedup,
-            accuracy_metric=report.accuracy.metric if report.accuracy else None,
-            accuracy_value=report.accuracy.value if report.accuracy else None,
-            baseline_throughput=baseline_tp,
-            optimized_throughput=engine_tp,
-            batch_size=batch,
-            report_uri=report_uri,
-        )
+        return cls(succeeded=report.succeeded, build_key=report.build_key, reason=report.reason,
+                   message=report.message, engine=report.engine,
+                   benchmark=Benchmark.from_report(report, report_uri))
 
     def to_termination_message(self) -> str:
-        """JSON within the kubelet's 4 KiB limit; the message is cut first, never the JSON."""
+        """JSON within the kubelet's 4 KiB limit, never cut mid-JSON: what gives way is the
+        message (cut short), then the accuracy's per-output values (report.json has them)."""
         data = self.to_wire()
         text = json.dumps(data, separators=(",", ":"))
         if len(text.encode()) > TERMINATION_MESSAGE_LIMIT and data.get("message"):
             overflow = len(text.encode()) - TERMINATION_MESSAGE_LIMIT + 16
             data["message"] = data["message"][: max(0, len(data["message"]) - overflow)] + "..."
+            text = json.dumps(data, separators=(",", ":"))
+        accuracy = (data.get("benchmark") or {}).get("accuracy") or {}
+        if len(text.encode()) > TERMINATION_MESSAGE_LIMIT and accuracy.get("perOutput"):
+            del accuracy["perOutput"]
             text = json.dumps(data, separators=(",", ":"))
         return text

@@ -1,12 +1,17 @@
-"""The ``OptimizedModel`` status: what the operator observed, written only by the operator."""
+"""The ``OptimizedModel`` status: what the operator observed, written only by the operator.
+
+The engine and benchmark are the build report's shared types (``optimodel.api.report``), the
+objects the builder's summary carried, embedded as kubebuilder status types embed shared ones.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError, ValidatorFunctionWrapHandler, field_validator, model_validator
 
 from optimodel.api.base import ObservedModel
+from optimodel.api.report import Benchmark, EngineInfo
 
 Phase = Literal["Pending", "Building", "Deploying", "Ready", "Failed"]
 ConditionType = Literal["Built", "Deployed", "Ready", "Autoscaling", "Synced"]
@@ -23,41 +28,32 @@ class Condition(ObservedModel):
     observed_generation: int | None = None
 
 
-class EngineStatus(ObservedModel):
-    """The engine that is (or is about to be) served."""
+class BenchmarkStatus(Benchmark):
+    """What the build published (the summary's Benchmark, as is), plus the speedup as text."""
 
-    key: str = Field(description="Build key: sha256 of source, optimization, GPU and builder version.")
-    uri: str = Field(description="Artifact location of the Triton model repository.")
-    model_name: str | None = None
-    precision: str | None = None
-    target: str | None = None
-    platform: str | None = None
-    gpu_product: str | None = None
-    compute_capability: str | None = None
-    runtime_version: str | None = None
-    size_bytes: int | None = None
+    speedup_text: str | None = Field(default=None, description=(
+        "speedup as text, e.g. 2.70x, for the Speedup printer column; derived from speedup."))
 
+    @field_validator("accuracy", mode="wrap")
+    @classmethod
+    def _accuracy_of_an_older_shape(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        """Operators before the shared report types recorded accuracy as ``{metric, value}`` only:
+        such a record (an old status, an old Deployment record) reads with no accuracy rather than
+        not at all; the next build writes the whole ``AccuracyResult``."""
+        try:
+            return handler(value)
+        except ValidationError:
+            return None
 
-class Throughput(ObservedModel):
-    runtime: str | None = None
-    throughput: float | None = Field(default=None, description="Samples per second.")
-    batch_size: int | None = None
+    @model_validator(mode="after")
+    def _derive_speedup_text(self) -> "BenchmarkStatus":
+        self.speedup_text = f"{self.speedup:.2f}x" if self.speedup else None
+        return self
 
-
-class AccuracyStatus(ObservedModel):
-    metric: str
-    value: float
-
-
-class BenchmarkStatus(ObservedModel):
-    """Measured by the builder in one run: the baseline and the selected engine."""
-
-    baseline: Throughput | None = None
-    optimized: Throughput | None = None
-    speedup: float | None = None
-    speedup_text: str | None = Field(default=None, description="e.g. 2.7x, for printer columns.")
-    accuracy: AccuracyStatus | None = None
-    report_uri: str | None = None
+    @classmethod
+    def of(cls, benchmark: Benchmark) -> "BenchmarkStatus":
+        """``benchmark`` in status: its own field values (the same objects), not copies."""
+        return cls(**dict(benchmark))
 
 
 class BuildStatus(ObservedModel):
@@ -80,7 +76,9 @@ class OptimizedModelStatus(ObservedModel):
         default_factory=list,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
-    engine: EngineStatus | None = None
+    engine: EngineInfo | None = Field(default=None, description=(
+        "The engine that is (or is about to be) served: the builder's EngineInfo, with uri the "
+        "build output root the operator chose for it."))
     build: BuildStatus | None = None
     benchmark: BenchmarkStatus | None = None
     precision: str | None = Field(default=None, description="Precision of the served engine.")

@@ -151,7 +151,8 @@ def test_fetch_over_http_and_write_to_pvc(cnn, build, http_server, tmp_path, mon
     assert result.code == 0, result.summary
     out = tmp_path / "pvc" / "artifacts/ns/cnn/key"
     assert (out / "report.json").is_file() and (out / "repository/model/1/model.onnx").is_file()
-    assert result.summary["reportUri"] == "pvc://artifacts/ns/cnn/key/report.json"
+    assert result.summary["benchmark"]["reportUri"] == "pvc://artifacts/ns/cnn/key/report.json"
+    assert result.summary["engine"]["uri"] == "pvc://artifacts/ns/cnn/key"
 
 
 def test_failed_build_leaves_an_existing_output_untouched(cnn, build, tmp_path):

@@ -116,8 +116,9 @@ def test_report_selects_a_passing_candidate_faster_than_nothing(built):
     assert report.speedup == check.speedup == pytest.approx(statistics.median(check.ratios), abs=1e-3)
     assert min(check.ratios) <= check.speedup <= max(check.ratios)
     summary = BuildSummary.from_report(report)
-    assert (summary.speedup, summary.baseline_throughput, summary.optimized_throughput) == (
-        check.speedup, check.baseline_throughput, check.engine_throughput)
+    assert summary.benchmark.speedup == check.speedup and summary.benchmark.speedup_check == check
+    assert summary.benchmark.accuracy == report.accuracy and summary.engine == report.engine
+    assert report.engine.uri == str(built["out"])  # the build output root, as the stager reads it
     assert report.engine.platform == "onnxruntime_onnx" and report.engine.model_name == "model"
     assert report.engine.size_bytes == (built["out"] / "repository/model/1/model.onnx").stat().st_size
     assert report.calibration_source == "none"
@@ -134,7 +135,7 @@ def test_termination_message_is_the_summary(built):
     report = BuildReport.model_validate_json((built["out"] / "report.json").read_text())
     assert summary.succeeded and summary.build_key == report.build_key
     assert summary.engine.precision == report.engine.precision
-    assert summary.report_uri.endswith("report.json")
+    assert summary.benchmark.report_uri == f"{summary.engine.uri}/report.json"
 
 
 def test_second_build_is_a_cache_hit(built, caplog):
@@ -149,6 +150,7 @@ def test_second_build_is_a_cache_hit(built, caplog):
     assert (built["out"] / "report.json").stat().st_mtime_ns == before
     summary = json.loads(built["term"].read_text())
     assert summary["succeeded"] and summary["buildKey"] == build_key(BuildSpec.model_validate(built["spec"]))
+    assert summary["engine"]["uri"] == str(built["out"])
 
 
 def test_fallback_to_a_slower_candidate_when_faster_ones_fail_the_gate(minilm_path, build):

@@ -19,8 +19,8 @@ import pytest
 import yaml
 from chart import CHART, helm, set_args, template
 
+from optimodel.api.report import EngineInfo
 from optimodel.api.spec import OptimizedModelSpec
-from optimodel.api.status import EngineStatus
 from optimodel.operator import manifests as m
 from optimodel.operator.settings import OperatorSettings
 
@@ -58,8 +58,9 @@ def model_pods(namespace: str) -> dict[str, dict]:
         "serving": {"gpu": {"count": 0}},
     })
     model = m.ModelRef("minilm", namespace, "uid-1", spec)
-    engine = EngineStatus(key=KEY, uri=f"s3://engines/builds/{namespace}/minilm/{KEY}",
-                          precision="int8", target="onnxruntime")
+    engine = EngineInfo(key=KEY, uri=f"s3://engines/builds/{namespace}/minilm/{KEY}", model_name="minilm",
+                        precision="int8", target="onnxruntime", platform="onnxruntime_onnx",
+                        runtime_version="onnxruntime 1.20.1", size_bytes=23_000_000)
     server = m.triton_deployment(model, engine, SETTINGS)["spec"]["template"]
     builder = m.builder_job(model, KEY, SETTINGS)["spec"]["template"]
     return {"server": server, "builder": builder}

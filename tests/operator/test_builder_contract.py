@@ -105,7 +105,10 @@ def test_real_build_from_job_args_then_real_staging(models, operator, operator_e
     output = pvc_root / "artifacts" / "builds" / namespace / "cnn" / key
     report = BuildReport.model_validate_json((output / "report.json").read_text())
     assert report.build_key == key == status["engine"]["key"]
-    assert status["engine"]["uri"] == f"pvc://artifacts/builds/{namespace}/cnn/{key}"
+    assert status["engine"]["uri"] == f"pvc://artifacts/builds/{namespace}/cnn/{key}" == report.engine.uri
+    assert status["engine"] == report.engine.to_wire()  # the builder's engine, as is
+    assert status["benchmark"]["speedupCheck"] == report.speedup_check.to_wire()
+    assert status["benchmark"]["accuracy"] == report.accuracy.to_wire()
     assert status["engine"]["platform"] == "onnxruntime_onnx"
     assert status["benchmark"]["speedup"] == pytest.approx(report.speedup)
     assert status["benchmark"]["accuracy"]["metric"] == "top1-agreement"

@@ -59,7 +59,7 @@ def test_apply_creates_the_expected_build_job(models, operator, operator_env, na
     assert models.status("minilm")["observedGeneration"] == 1
 
 
-def test_successful_build_deploys_triton_and_becomes_ready(models, operator, namespace):
+def test_successful_build_deploys_triton_and_becomes_ready(models, operator, operator_env, namespace):
     key = build_and_serve(models)
     status = models.status("minilm")
     assert status["engine"]["key"] == key
@@ -67,6 +67,13 @@ def test_successful_build_deploys_triton_and_becomes_ready(models, operator, nam
     assert status["precision"] == "int8"
     assert status["benchmark"]["speedup"] == pytest.approx(2.7)
     assert status["benchmark"]["speedupText"] == "2.70x"
+    # Status holds the summary's engine and benchmark as they were, the engine's uri (the build
+    # output root) the one the operator gave the Job.
+    summary = success_summary(key, "minilm")
+    ref = manifests.ModelRef.from_body(models.get("minilm"))
+    uri = manifests.artifact_uri(ref, key, OperatorSettings.from_env(operator_env))
+    assert status["engine"] == {**summary["engine"], "uri": uri}
+    assert {k: v for k, v in status["benchmark"].items() if k != "speedupText"} == summary["benchmark"]
     assert status["endpoint"] == f"http://minilm.{namespace}.svc:8000/v2/models/minilm"
     assert status["readyReplicas"] >= 1
     assert {c["type"]: c["status"] for c in status["conditions"]} == {

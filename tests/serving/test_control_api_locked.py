@@ -22,8 +22,8 @@ import re
 import numpy as np
 import pytest
 
+from optimodel.api.report import EngineInfo
 from optimodel.api.spec import OptimizedModelSpec
-from optimodel.api.status import EngineStatus
 from optimodel.operator import manifests
 from optimodel.operator.settings import OperatorSettings
 from optimodel.serving.loadgen import infer
@@ -50,7 +50,9 @@ def operator_triton_args() -> list[str]:
                                 artifact_root="pvc://artifacts/builds", prometheus_url="http://p")
     spec = OptimizedModelSpec.model_validate({"model": {"uri": "pvc://models/tiny", "format": "onnx"}})
     ref = manifests.ModelRef(MODEL, "ml", "uid-1", spec)
-    engine = EngineStatus(key="ab" * 32, uri="pvc://artifacts/builds/ml/tiny/x")
+    engine = EngineInfo(key="ab" * 32, uri="pvc://artifacts/builds/ml/tiny/x", model_name=MODEL, precision="fp32",
+                        target="onnxruntime", platform="onnxruntime_onnx", runtime_version="onnxruntime 1.20.1",
+                        size_bytes=1000)
     deployment = manifests.triton_deployment(ref, engine, settings)
     (triton,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "triton"]
     assert triton["command"] == ["tritonserver"]

@@ -188,8 +188,15 @@ def success_summary(key: str, model: str, precision: str = "int8", speedup: floa
                    "precision": precision, "target": "tensorrt", "platform": "tensorrt_plan",
                    "gpuProduct": "NVIDIA-H100-80GB-HBM3", "computeCapability": "9.0",
                    "runtimeVersion": "10.8.0", "sizeBytes": 45_000_000},
-        "speedup": speedup, "accuracyMetric": "cosine", "accuracyValue": 0.995,
-        "baselineThroughput": 100.0, "optimizedThroughput": 100.0 * speedup, "batchSize": 8,
+        "benchmark": {
+            "speedup": speedup,
+            "speedupCheck": {"batchSize": 8, "baselineThroughput": 100.0, "engineThroughput": 100.0 * speedup,
+                             "ratios": [speedup] * 6, "speedup": speedup},
+            "accuracy": {"metric": "cosine", "value": 0.995, "threshold": 0.99, "passed": True, "samples": 64,
+                         "perOutput": {"last_hidden_state": 0.995}, "sampleSet": "report",
+                         "source": "builtin-sentences"},
+            "reportUri": f"pvc://optimodel-artifacts/x/{model}/{key}/report.json",
+        },
     }
 
 

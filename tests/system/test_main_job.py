@@ -75,6 +75,9 @@ def test_apply_builds_serves_and_answers(stack, model_namespace):
     assert report["succeeded"] and report["selected"]
     assert status["benchmark"]["speedup"] == pytest.approx(report["speedup"], rel=1e-6)
     assert status["benchmark"]["accuracy"]["value"] == pytest.approx(report["accuracy"]["value"], rel=1e-6)
+    # ... in the report's own types, and uri means the build output root on both sides.
+    assert status["benchmark"]["speedupCheck"] == report["speedupCheck"]
+    assert status["engine"] == report["engine"]
     assert _condition(ready, "Ready")["status"] == "True"
     table = stack.cluster.kubectl("get", "om", "-n", ns).stdout
     assert "Ready" in table and f"{status['benchmark']['speedup']:.2f}x" in table, table

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from optimodel.api.spec import OptimizedModelSpec
-from optimodel.api.status import EngineStatus
+from optimodel.api.report import EngineInfo
 from optimodel.operator import manifests as m
 from optimodel.operator.settings import OperatorSettings
 
@@ -23,8 +23,9 @@ SPEC = {
 }
 KEY = "ab" * 32
 MODEL = m.ModelRef("minilm", "ml", "uid-1", OptimizedModelSpec.model_validate(SPEC))
-ENGINE = EngineStatus(key=KEY, uri=f"pvc://artifacts/builds/ml/minilm/{KEY}", precision="int8",
-                      target="tensorrt", gpu_product="NVIDIA-L4")
+ENGINE = EngineInfo(key=KEY, uri=f"pvc://artifacts/builds/ml/minilm/{KEY}", model_name="minilm", precision="int8",
+                    target="tensorrt", platform="tensorrt_plan", gpu_product="NVIDIA-L4", compute_capability="8.9",
+                    runtime_version="tensorrt 10.8.0.43", size_bytes=45_000_000)
 
 LABELS = lambda component: {  # noqa: E731
     "app.kubernetes.io/name": "optimodel", "app.kubernetes.io/instance": "minilm",
@@ -308,7 +309,9 @@ CPU_SETTINGS = OperatorSettings(
 )
 CPU_MODEL = m.ModelRef("minilm", "ml", "uid-1", OptimizedModelSpec.model_validate(
     {**SPEC, "optimization": {"precision": "auto"}, "serving": {"gpu": {"count": 0}}}))
-CPU_ENGINE = EngineStatus(key=KEY, uri=f"s3://engines/ml/minilm/{KEY}", precision="int8", target="onnxruntime")
+CPU_ENGINE = EngineInfo(key=KEY, uri=f"s3://engines/ml/minilm/{KEY}", model_name="minilm", precision="int8",
+                        target="onnxruntime", platform="onnxruntime_onnx", runtime_version="onnxruntime 1.20.1",
+                        size_bytes=23_000_000)
 
 
 def test_cpu_model_builds_and_serves_on_the_cpu_pool_without_gpus():
@@ -376,14 +379,41 @@ def test_initial_replicas_seed_min_replicas_under_a_separate_manager():
 
 
 def test_engine_record_round_trips_through_the_deployment():
+    from optimodel.api.report import AccuracyResult, Benchmark, SpeedupCheck
     from optimodel.api.status import BenchmarkStatus
 
-    bench = BenchmarkStatus(speedup=2.5, speedup_text="2.50x")
+    check = SpeedupCheck(batch_size=8, baseline_throughput=100.0, engine_throughput=250.0,
+                         ratios=[2.4, 2.5, 2.6], speedup=2.5)
+    accuracy = AccuracyResult(metric="cosine", value=0.995, threshold=0.99, passed=True, samples=64,
+                              per_output={"last_hidden_state": 0.995}, sample_set="report", source="synthetic")
+    bench = BenchmarkStatus.of(Benchmark(speedup=2.5, speedup_check=check, accuracy=accuracy,
+                                         report_uri=f"{ENGINE.uri}/report.json"))
+    assert bench.speedup_check is check and bench.accuracy is accuracy  # the objects, not copies
+    assert bench.speedup_text == "2.50x"
     deployment = m.triton_deployment(MODEL, ENGINE, SETTINGS, benchmark=bench)
     assert m.engine_from_deployment(deployment) == (ENGINE, bench)
     assert m.engine_from_deployment(None) == (None, None)
     broken = {"metadata": {"annotations": {m.ENGINE_ANNOTATION: "{not json"}}}
     assert m.engine_from_deployment(broken) == (None, None)
+
+
+def test_engine_record_of_an_older_operator():
+    """Before the shared report types, the record's benchmark flattened the throughputs and kept
+    only the accuracy's metric and value: it reads, with what no longer exists left out."""
+    from optimodel.api.status import BenchmarkStatus
+
+    old = {"engine": ENGINE.to_wire(), "benchmark": {
+        "baseline": {"throughput": 100.0, "batchSize": 8},
+        "optimized": {"throughput": 250.0, "batchSize": 8, "runtime": "tensorrt"},
+        "speedup": 2.5, "speedupText": "2.50x", "accuracy": {"metric": "cosine", "value": 0.995},
+        "reportUri": f"{ENGINE.uri}/report.json"}}
+    deployment = {"metadata": {"annotations": {m.ENGINE_ANNOTATION: json.dumps(old)}}}
+    assert m.engine_from_deployment(deployment) == (
+        ENGINE, BenchmarkStatus(speedup=2.5, report_uri=f"{ENGINE.uri}/report.json"))
+    # An engine that does not read (here: no model name, platform...) is no record at all.
+    partial = {"engine": {"key": KEY, "uri": ENGINE.uri}}
+    assert m.engine_from_deployment({"metadata": {"annotations": {m.ENGINE_ANNOTATION: json.dumps(partial)}}}) == (
+        None, None)
 
 
 def test_retry_job_names_stay_valid_and_distinct():
