@@ -150,9 +150,9 @@ def sensitivity_study(root: Path) -> str:
     from optimodel.builder import benchmark, compress, hardware, samples, verify
     from optimodel.builder.export import export_onnx
     from optimodel.builder.loader import load
+    from optimodel.builder.pipeline import run_all
     from optimodel.builder.runners import OrtRunner, TorchRunner
 
-    import numpy as np
 
     root.mkdir(parents=True, exist_ok=True)
     threads = hardware.cpu_threads()
@@ -163,18 +163,11 @@ def sensitivity_study(root: Path) -> str:
     fused, _ = compress.fuse_transformer(graph, root / "fused.onnx", model.transformer, use_gpu=False)
     eager = TorchRunner(model.module, [i.name for i in model.inputs], [o.name for o in model.outputs], "cpu")
 
-    def outputs(runner, held, chunk):
-        parts: dict[str, list] = {}
-        for start in range(0, held.count, chunk):
-            for name, arr in runner({k: v[start:start + chunk] for k, v in held.feeds.items()}).items():
-                parts.setdefault(name, []).append(arr)
-        return {k: np.concatenate(v) for k, v in parts.items()}
-
-    refs = {role: outputs(eager, held, 16) for role, held in (("selection", sets.selection), ("report", sets.report))}
+    refs = {role: run_all(eager, held, 16, 16) for role, held in (("selection", sets.selection), ("report", sets.report))}
 
     def cosine(runner, role="selection", chunks=(1, 16)) -> float:
         held = getattr(sets, role)
-        return min(verify.compare(refs[role], outputs(runner, held, c), "cosine", BAR_COSINE, held.token_mask).value
+        return min(verify.compare(refs[role], run_all(runner, held, c, 16), "cosine", BAR_COSINE, held.token_mask).value
                    for c in chunks)
 
     targets = compress.dynamic_int8_targets(fused)

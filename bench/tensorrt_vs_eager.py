@@ -150,24 +150,25 @@ def measure(name, module, inputs, samples_fn, batches, work: Path, cfg, max_batc
 
 
 def render(name: str, rows) -> str:
+    """The batch sweep, then (text models) the shape sweep, each row against eager at the same shape."""
     base = rows[0][1]
-    lines = [f"### {name}", "", "| engine | batch | throughput (samples/s) | p50 ms | p99 ms | speedup vs eager | cosine vs eager |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for label, perf, cos in rows:
-        for s in perf.sweep:
-            b = next(x for x in base.sweep if x.batch_size == s.batch_size)
-            lines.append(f"| {label} | {s.batch_size} | {s.throughput:.1f} | {s.p50_ms:.2f} | {s.p99_ms:.2f} | "
-                         f"{s.throughput / b.throughput:.2f}x | {cos:.5f} |")
+
+    def table(stats_of, key, first_column: str, cosine: bool) -> list[str]:
+        lines = [f"| engine | {first_column} | throughput (samples/s) | p50 ms | p99 ms | speedup vs eager |"
+                 + (" cosine vs eager |" if cosine else ""),
+                 "| --- | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if cosine else "")]
+        for label, perf, cos in rows:
+            for s in stats_of(perf):
+                b = next(x for x in stats_of(base) if key(x) == key(s))
+                lines.append(f"| {label} | {key(s)} | {s.throughput:.1f} | {s.p50_ms:.2f} | {s.p99_ms:.2f} | "
+                             f"{s.throughput / b.throughput:.2f}x |" + (f" {cos:.5f} |" if cosine else ""))
+        return lines
+
+    lines = [f"### {name}", ""] + table(lambda p: p.sweep, lambda s: s.batch_size, "batch", cosine=True)
     if base.shapes:
         lines += ["", f"Shape sweep at batch {base.headline.batch_size}: the same engines at other sequence "
-                      "lengths (their profile's opt shape is the benchmark length above):", "",
-                  "| engine | sequence | throughput (samples/s) | p50 ms | speedup vs eager |",
-                  "| --- | ---: | ---: | ---: | ---: |"]
-        for label, perf, _ in rows:
-            for s in perf.shapes:
-                b = next(x for x in base.shapes if x.sequence_length == s.sequence_length)
-                lines.append(f"| {label} | {s.sequence_length} | {s.throughput:.1f} | {s.p50_ms:.2f} | "
-                             f"{s.throughput / b.throughput:.2f}x |")
+                      "lengths (their profile's opt shape is the benchmark length above):", ""]
+        lines += table(lambda p: p.shapes, lambda s: s.sequence_length, "sequence", cosine=False)
     return "\n".join(lines + [""])
 
 

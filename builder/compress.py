@@ -171,7 +171,7 @@ def quantize_int8_per_token(src: Path, dst: Path) -> tuple[Path, int]:
     import onnx
 
     model = onnx.load(str(src))
-    targets = set(norm_fed_matmuls(model)) | set(activation_fed_matmuls(src))
+    targets = set(norm_fed_matmuls(model)) | set(_activation_fed(model))  # (the graph is loaded once)
     targets &= {n.name for n in _weight_matmuls(model) if n.op_type == "MatMul"}
     if not targets:
         raise Skip("no LayerNorm- or activation-fed MatMul with constant weights to scale per token")
@@ -245,7 +245,11 @@ def activation_fed_matmuls(path: Path) -> list[str]:
     """
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    return _activation_fed(onnx.load(str(path), load_external_data=False))
+
+
+def _activation_fed(model) -> list[str]:
+    """``activation_fed_matmuls`` on a loaded graph."""
     producer = {o: n for n in model.graph.node for o in n.output}
 
     def fed_by_activation(tensor: str, depth: int = 4) -> bool:
